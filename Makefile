@@ -1,0 +1,51 @@
+# One-command set-up: `make demo` and `make test` install into .venv first when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+
+# The venv's bin first on PATH: `stf`, and the `ninja` that DeepSpeed's JIT build needs, are
+# found by every process we start, Ray workers included (they inherit the driver's environment).
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_AUTH_MODE := disabled
+
+.PHONY: install test test-slow test-gpu demo lint format bench clean
+
+install: $(STAMP)
+
+# torch first and pinned: unpinned, anything depending on torch pulls a newer CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]" "$(TORCH_SPEC)"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu
+
+demo: install
+	$(PY) examples/model_smoke.py
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: install
+	$(PY) bench/prefill.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

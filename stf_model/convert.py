@@ -1,0 +1,245 @@
+"""Conversion of a checkpoint in the published LLaVA-STF layout into our model directory.
+
+The reference code saves a LLaMA-style ``LlavaLlamaForCausalLM``: ``config.json`` (LLaMA fields plus
+``mm_*`` keys) and safetensors or ``.bin`` shards with keys ``model.mm_projector_crosslayer.{0,2}``
+(MBTF), ``model.mm_projector.{0,2}`` (projector), ``model.embed_tokens``, ``model.layers.*``,
+``model.norm``, ``lm_head`` and possibly ``model.vision_tower.vision_tower.vision_model.*`` (CLIP).
+Window and block list are not in its config: they are inferred from the weight shapes (the
+published block list when MBTF has 8 blocks) or given by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig
+
+from stf_model.chat_templates import get_chat_template
+from stf_model.config import STFConfig
+from stf_model.constants import IMAGE_TOKEN, PUBLISHED_MBTF_LAYERS
+from stf_model.model_dir import save_model_dir
+from stf_model.modeling import STFForConditionalGeneration
+from stf_model.presets import clip_vit_l14_336
+
+logger = logging.getLogger(__name__)
+
+# Published key prefix -> ours. Order matters: the first matching prefix wins.
+KEY_MAP = (
+    ("model.mm_projector_crosslayer.0.", "model.multi_modal_projector.mbtf.fc1."),
+    ("model.mm_projector_crosslayer.2.", "model.multi_modal_projector.mbtf.fc2."),
+    ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
+    ("model.mm_projector.2.", "model.multi_modal_projector.linear_2."),
+    ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower."),
+    ("model.", "model.language_model."),
+    ("lm_head.", "lm_head."),
+)
+# Buffers some old checkpoints carry that the model recomputes.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+KNOWN_CLIP_TOWERS = {"openai/clip-vit-large-patch14-336": clip_vit_l14_336}
+
+
+def read_state_dict(directory: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: ``*.safetensors`` if any, else ``*.bin`` read with
+    ``torch.load(weights_only=True)`` (no pickled code runs). Keeps keys starting with ``prefix``."""
+    directory = Path(directory)
+    files = sorted(directory.glob("*.safetensors"))
+    loader = load_file
+    if not files:
+        files = sorted(directory.glob("*.bin"))
+        loader = _load_bin
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors or *.bin weight files in {directory}")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        for key, tensor in loader(file).items():
+            if key.startswith(prefix):
+                state[key] = tensor
+    return state
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def map_published_key(key: str) -> str | None:
+    """Our parameter name for a published key, or None for a buffer we ignore."""
+    if key.endswith(IGNORED_SUFFIXES):
+        return None
+    for old, new in KEY_MAP:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise ValueError(f"unexpected key {key!r} in a published LLaVA-STF checkpoint")
+
+
+def infer_fusion(
+    state: dict[str, torch.Tensor], vision_width: int, select_layer: int
+) -> tuple[list[int] | int, int]:
+    """(block list, window) from the projector's weight shapes."""
+    proj_in = state["model.mm_projector.0.weight"].shape[1]
+    window = math.isqrt(proj_in // vision_width)
+    if window * window * vision_width != proj_in:
+        raise ValueError(
+            f"mm_projector.0 takes {proj_in} features, not w*w*{vision_width} for any window w"
+        )
+    if "model.mm_projector_crosslayer.0.weight" not in state:
+        return select_layer, window
+    num_blocks = state["model.mm_projector_crosslayer.0.weight"].shape[1] // vision_width
+    if num_blocks != len(PUBLISHED_MBTF_LAYERS):
+        raise ValueError(
+            f"MBTF fuses {num_blocks} blocks, not the published {len(PUBLISHED_MBTF_LAYERS)}: "
+            "pass the block list explicitly (--blocks)"
+        )
+    return list(PUBLISHED_MBTF_LAYERS), window
+
+
+def convert_published_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    vision_tower: str | os.PathLike | None = None,
+    blocks: list[int] | None = None,
+    window: int | None = None,
+    dtype: torch.dtype | None = None,
+    chat_template: str = "vicuna_v1",
+) -> STFConfig:
+    """Reads ``src`` (published layout) and writes our model directory to ``dst``.
+
+    Args:
+        vision_tower: a local CLIP directory (``CLIPVisionModel`` or ``CLIPModel``), needed when the
+            checkpoint has no vision weights (the usual case: LLaVA loads CLIP separately).
+        blocks, window: MBTF block list and STF window when they cannot be inferred.
+        dtype: weights' dtype in ``dst``; default the source's ``torch_dtype``.
+    """
+    src = Path(src)
+    src_config = json.loads((src / "config.json").read_text())
+    state = read_state_dict(src)
+    vision_config, vision_state = _vision_part(src_config, state, vision_tower)
+
+    text_fields = {k: v for k, v in src_config.items() if not k.startswith("mm_") and k in LlamaConfig().to_dict()}
+    text_fields.pop("architectures", None)
+    text_fields.pop("model_type", None)
+    text_config = LlamaConfig(**text_fields)
+
+    inferred_blocks, inferred_window = infer_fusion(
+        state, vision_config.hidden_size, src_config.get("mm_vision_select_layer", -2)
+    )
+    tokenizer = _tokenizer_with_image_token(src, chat_template)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    vocab_needed = max(len(tokenizer), text_config.vocab_size)
+    config = STFConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        vision_feature_layer=blocks if blocks is not None else inferred_blocks,
+        stf_window=window if window is not None else inferred_window,
+        image_token_index=image_token_id,
+        projector_hidden_size=state["model.mm_projector.0.weight"].shape[0],
+        mbtf_hidden_size=(
+            state["model.mm_projector_crosslayer.0.weight"].shape[0]
+            if "model.mm_projector_crosslayer.0.weight" in state
+            else None
+        ),
+    )
+
+    ours: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key.startswith("model.vision_tower."):
+            continue  # taken by _vision_part
+        new_key = map_published_key(key)
+        if new_key is not None:
+            ours[new_key] = tensor
+    ours.update({"model.vision_tower." + k: v for k, v in vision_state.items()})
+
+    target_dtype = dtype or getattr(torch, str(src_config.get("torch_dtype", "float32")))
+    with torch.device("meta"):
+        model = STFForConditionalGeneration(config)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(ours)), sorted(set(ours) - expected)
+    # CLIP's position_ids is a buffer that some CLIP dumps omit; it is recomputed, not learned.
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {src} does not match the model it describes: missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+        )
+    model.load_state_dict({k: v.to(target_dtype) for k, v in ours.items()}, strict=False, assign=True)
+    _materialise_buffers(model, config)
+    if vocab_needed > text_config.vocab_size:
+        # <image> was added to the tokenizer: grow embeddings and head with mean rows (transformers).
+        model.resize_token_embeddings(vocab_needed, pad_to_multiple_of=64, mean_resizing=True)
+    save_model_dir(model, tokenizer, dst)
+    logger.info("converted %s -> %s (%d vision tokens per image)", src, dst, config.num_image_tokens)
+    return model.config
+
+
+def _vision_part(
+    src_config: dict, state: dict[str, torch.Tensor], vision_tower: str | os.PathLike | None
+) -> tuple[CLIPVisionConfig, dict[str, torch.Tensor]]:
+    """CLIP config and weights (keys relative to the vision tower, ``vision_model.*``)."""
+    if vision_tower is not None:
+        tower = Path(vision_tower)
+        config = CLIPVisionConfig.from_pretrained(tower)
+        return config, clip_vision_weights(read_state_dict(tower))
+    prefix = "model.vision_tower.vision_tower."
+    weights = clip_vision_weights({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    if not weights:
+        raise ValueError(
+            "the checkpoint has no vision tower weights: pass a local CLIP directory with "
+            "--vision-tower (e.g. a copy of openai/clip-vit-large-patch14-336)"
+        )
+    name = src_config.get("mm_vision_tower", "")
+    if name not in KNOWN_CLIP_TOWERS:
+        raise ValueError(
+            f"the checkpoint's vision tower {name!r} has no built-in config: pass its directory "
+            "with --vision-tower"
+        )
+    return KNOWN_CLIP_TOWERS[name](), weights
+
+
+def clip_vision_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIP checkpoint's vision-tower tensors, keyed as transformers 5's ``CLIPVisionModel``
+    (``embeddings.*``, ``encoder.*``, ...): older dumps and ``CLIPModel`` put them under
+    ``vision_model.``; the text half of a ``CLIPModel`` is dropped."""
+    text_parts = ("text_model.", "text_projection", "visual_projection", "logit_scale")
+    weights = {}
+    for key, tensor in state.items():
+        if key.startswith(text_parts):
+            continue
+        weights[key.removeprefix("vision_model.")] = tensor
+    return weights
+
+
+def _tokenizer_with_image_token(src: Path, chat_template: str):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"no usable tokenizer in {src}: copy the LLM's tokenizer files there") from err
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token  # as LLaVA does for LLaMA tokenizers
+    tokenizer.chat_template = get_chat_template(chat_template)
+    return tokenizer
+
+
+def _materialise_buffers(model: STFForConditionalGeneration, config: STFConfig) -> None:
+    """Non-persistent buffers (rotary inv_freq, CLIP position ids) are still on the meta device
+    after ``assign=True`` loading: rebuild the modules that own them on CPU."""
+    for module_name, module in list(model.named_modules()):
+        for buf_name, buf in list(module.named_buffers(recurse=False)):
+            if buf.device.type != "meta":
+                continue
+            if buf_name == "position_ids":
+                module.register_buffer(
+                    buf_name, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False
+                )
+            elif buf_name in ("inv_freq", "original_inv_freq"):
+                rope_cls = type(module)
+                fresh = rope_cls(config=config.text_config)
+                module.register_buffer(buf_name, getattr(fresh, buf_name), persistent=False)
+            else:
+                raise RuntimeError(f"cannot materialise buffer {module_name}.{buf_name}")

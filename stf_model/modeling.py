@@ -1,0 +1,127 @@
+"""LLaVA-STF on transformers' LLaVA: same vision tower, LLM, placeholder merge and ``generate``;
+the multimodal projector is :class:`~stf_model.projector.STFProjector`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel
+from transformers.models.llava.modeling_llava import LlavaPreTrainedModel
+
+from stf_model.config import STFConfig
+from stf_model.processing import normalize_pixels
+from stf_model.projector import STFProjector
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["pretrain", "finetune"]
+
+
+class STFModel(LlavaModel):
+    """LlavaModel whose projector fuses blocks and spatial windows; accepts uint8 pixels."""
+
+    config_class = STFConfig
+    config: STFConfig
+
+    def __init__(self, config: STFConfig):
+        # Not LlavaModel.__init__: it would first build (and allocate) LLaVA's own projector.
+        LlavaPreTrainedModel.__init__(self, config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = STFProjector.from_config(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
+        """As :meth:`LlavaModel.get_image_features`; uint8 pixels are normalised here, on the
+        device the model lives on, so loaders can ship 4x smaller uint8 batches.
+
+        Shape: pixel_values (B, 3, H, W) uint8 or float -> pooler_output: B x (T, D)
+        """
+        if pixel_values.dtype == torch.uint8:
+            pixel_values = normalize_pixels(
+                pixel_values,
+                self.config.image_mean,
+                self.config.image_std,
+                dtype=self.vision_tower.dtype,
+            )
+        return super().get_image_features(pixel_values=pixel_values, **kwargs)
+
+    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
+        """As LlavaModel's, with the mismatch reported in vision tokens (transformers' message counts
+        features after flattening, e.g. "tokens: 35, features: 2304")."""
+        if input_ids is not None:
+            num_tokens = int((input_ids == self.config.image_token_id).sum())
+            num_features = image_features.shape[0]  # (images * T, D) once concatenated
+            if num_tokens != num_features:
+                per_image = self.config.num_image_tokens
+                raise ValueError(
+                    f"image features and image tokens do not match: tokens {num_tokens}, "
+                    f"features {num_features} ({num_features // per_image} image(s) x {per_image} "
+                    f"vision tokens); each image needs {per_image} {self.config.image_token_id} "
+                    "(<image>) tokens in input_ids"
+                )
+        return super().get_placeholder_mask(input_ids, inputs_embeds, image_features)
+
+
+class STFForConditionalGeneration(LlavaForConditionalGeneration):
+    """LLaVA-STF for generation and training.
+
+    ``forward(input_ids, pixel_values, attention_mask, labels)`` returns the causal-LM loss when
+    labels are given; each image needs ``config.num_image_tokens`` ``<image>`` tokens in
+    ``input_ids`` (the processor or the collator expands one placeholder into that many).
+    """
+
+    config_class = STFConfig
+    config: STFConfig
+
+    def __init__(self, config: STFConfig):
+        # Not LlavaForConditionalGeneration.__init__: it would build a plain LlavaModel first.
+        LlavaPreTrainedModel.__init__(self, config)
+        self.model = STFModel(config)
+        self.lm_head = torch.nn.Linear(
+            config.text_config.hidden_size, config.text_config.vocab_size, bias=False
+        )
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Vision tokens for a batch of images, in the LLM's embedding space.
+
+        Args:
+            pixel_values: images at the tower's input size, uint8 (0..255) or already normalised.
+        Returns:
+            the projected vision tokens.
+
+        Shape: (B, 3, H, W) -> (B, T, D) with T = config.num_image_tokens
+        """
+        outputs = self.model.get_image_features(pixel_values=pixel_values, return_dict=True, **kwargs)
+        return torch.stack(list(outputs.pooler_output))
+
+    # ---- training stages ------------------------------------------------------------------
+    def set_trainable_stage(self, stage: Stage) -> dict[str, int]:
+        """Freezes and unfreezes parameters for a training stage, as in the paper.
+
+        ``pretrain`` trains MBTF + projector; ``finetune`` trains LLM + MBTF + projector. The vision
+        tower is frozen in both. Returns parameter counts ``{"trainable", "frozen"}``.
+        """
+        if stage not in ("pretrain", "finetune"):
+            raise ValueError(f"unknown training stage {stage!r}: use 'pretrain' or 'finetune'")
+        train_llm = stage == "finetune"
+        self.model.vision_tower.requires_grad_(False)
+        self.model.multi_modal_projector.requires_grad_(True)
+        self.model.language_model.requires_grad_(train_llm)
+        self.lm_head.requires_grad_(train_llm)
+        counts = {"trainable": 0, "frozen": 0}
+        for param in self.parameters():
+            counts["trainable" if param.requires_grad else "frozen"] += param.numel()
+        logger.info(
+            "stage %s: %d trainable, %d frozen parameters",
+            stage,
+            counts["trainable"],
+            counts["frozen"],
+        )
+        return counts
+
+
+__all__ = ["STFModel", "STFForConditionalGeneration"]

@@ -1,0 +1,89 @@
+"""Image preprocessing (LLaVA's pad-to-square, CLIP statistics) and the text+image processor.
+
+transformers' ``LlavaImageProcessorPil`` already implements LLaVA's ``image_aspect_ratio=pad``
+(pad to square with the mean colour, then resize) and ``LlavaProcessor`` expands ``<image>`` into
+the model's token count; we configure them rather than re-write them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import LlavaProcessor, PreTrainedTokenizerBase
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+from stf_model.config import STFConfig
+from stf_model.constants import IMAGE_TOKEN
+
+Aspect = Literal["pad", "crop"]
+
+
+def normalize_pixels(
+    pixels: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """uint8 RGB pixels -> CLIP-normalised floats, on the pixels' device.
+
+    Shape: (B, 3, H, W) uint8 -> (B, 3, H, W) dtype
+    """
+    mean_t = torch.tensor(mean, device=pixels.device, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=pixels.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((pixels.float() / 255.0 - mean_t) / std_t).to(dtype)
+
+
+def build_image_processor(config: STFConfig, aspect: Aspect = "pad") -> LlavaImageProcessorPil:
+    """The image processor for a model: ``pad`` = LLaVA's pad-to-square with the mean colour then
+    resize (finetuning, inference); ``crop`` = resize the short side then centre-crop (pretraining)."""
+    if aspect not in ("pad", "crop"):
+        raise ValueError(f"unknown image aspect {aspect!r}: use 'pad' or 'crop'")
+    size = config.vision_config.image_size
+    return LlavaImageProcessorPil(
+        do_pad=aspect == "pad",
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        do_center_crop=True,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+    )
+
+
+def image_to_uint8(image: Image.Image, image_processor: LlavaImageProcessorPil) -> np.ndarray:
+    """One RGB image -> the tower's input grid as uint8, not normalised (that happens on the device).
+
+    Shape: PIL (W0, H0) -> (3, S, S) uint8
+    """
+    out = image_processor(
+        images=image.convert("RGB"), do_rescale=False, do_normalize=False, return_tensors="np"
+    )
+    pixels = out["pixel_values"][0]
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def build_processor(
+    config: STFConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    chat_template: str | None = None,
+    aspect: Aspect = "pad",
+) -> LlavaProcessor:
+    """A ``LlavaProcessor`` that expands each ``<image>`` into ``config.num_image_tokens`` tokens.
+
+    LlavaProcessor counts ``(H // patch) * (W // patch) + extra - CLS`` tokens per image; one fused
+    token covers a ``patch * window`` pixel square, so that is the patch size it is given, and the
+    CLS it adds (extra=1) is the CLS the ``default`` strategy drops.
+    """
+    processor = LlavaProcessor(
+        image_processor=build_image_processor(config, aspect),
+        tokenizer=tokenizer,
+        patch_size=config.vision_config.patch_size * config.stf_window,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=IMAGE_TOKEN,
+        chat_template=chat_template if chat_template is not None else tokenizer.chat_template,
+    )
+    return processor
