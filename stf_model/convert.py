@@ -166,7 +166,10 @@ def convert_published_checkpoint(
             f"checkpoint {src} does not match the model it describes: missing {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
         )
-    model.load_state_dict({k: v.to(target_dtype) for k, v in ours.items()}, strict=False, assign=True)
+    try:
+        model.load_state_dict({k: v.to(target_dtype) for k, v in ours.items()}, strict=False, assign=True)
+    except RuntimeError as err:  # size mismatches: the config (window, blocks, tower) is wrong
+        raise ValueError(f"checkpoint {src} does not match the model it describes: {err}") from err
     _materialise_buffers(model, config)
     if vocab_needed > text_config.vocab_size:
         # <image> was added to the tokenizer: grow embeddings and head with mean rows (transformers).
@@ -179,25 +182,33 @@ def convert_published_checkpoint(
 def _vision_part(
     src_config: dict, state: dict[str, torch.Tensor], vision_tower: str | os.PathLike | None
 ) -> tuple[CLIPVisionConfig, dict[str, torch.Tensor]]:
-    """CLIP config and weights (keys relative to the vision tower, ``vision_model.*``)."""
+    """CLIP config and weights (keys as transformers' ``CLIPVisionModel``).
+
+    ``vision_tower`` (the ``--vision-tower`` flag) wins for both. Otherwise the weights bundled in
+    the checkpoint are used, with the config of the ``mm_vision_tower`` the checkpoint names: a
+    local CLIP directory (as LLaVA accepts) or a known hub name with a built-in config.
+    """
     if vision_tower is not None:
         tower = Path(vision_tower)
-        config = CLIPVisionConfig.from_pretrained(tower)
-        return config, clip_vision_weights(read_state_dict(tower))
+        return CLIPVisionConfig.from_pretrained(tower), clip_vision_weights(read_state_dict(tower))
     prefix = "model.vision_tower.vision_tower."
-    weights = clip_vision_weights({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-    if not weights:
+    bundled = clip_vision_weights({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    name = str(src_config.get("mm_vision_tower", ""))
+    named_dir = Path(name) if name and Path(name).is_dir() else None
+    if not bundled and named_dir is None:
         raise ValueError(
             "the checkpoint has no vision tower weights: pass a local CLIP directory with "
             "--vision-tower (e.g. a copy of openai/clip-vit-large-patch14-336)"
         )
-    name = src_config.get("mm_vision_tower", "")
+    if named_dir is not None:
+        config = CLIPVisionConfig.from_pretrained(named_dir)
+        return config, bundled or clip_vision_weights(read_state_dict(named_dir))
     if name not in KNOWN_CLIP_TOWERS:
         raise ValueError(
             f"the checkpoint's vision tower {name!r} has no built-in config: pass its directory "
             "with --vision-tower"
         )
-    return KNOWN_CLIP_TOWERS[name](), weights
+    return KNOWN_CLIP_TOWERS[name](), bundled
 
 
 def clip_vision_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
