@@ -19,9 +19,9 @@ install: $(STAMP)
 # torch first and pinned: unpinned, anything depending on torch pulls a newer CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip setuptools wheel
-	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev]" "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 test: install

@@ -13,7 +13,9 @@ def _parse_blocks(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--blocks takes comma-separated integers, got {text!r}") from err
+        raise argparse.ArgumentTypeError(
+            f"--blocks takes comma-separated integers, got {text!r}"
+        ) from err
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -47,9 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("src", help="directory with config.json and safetensors/.bin shards")
     convert.add_argument("dst", help="output model directory")
-    convert.add_argument("--vision-tower", help="local CLIP directory, when SRC has no vision weights")
-    convert.add_argument("--blocks", type=_parse_blocks, help="MBTF hidden-state indices, e.g. -2,21,18")
-    convert.add_argument("--window", type=int, help="STF window (default: inferred from the weights)")
+    convert.add_argument(
+        "--vision-tower", help="local CLIP directory, when SRC has no vision weights"
+    )
+    convert.add_argument(
+        "--blocks", type=_parse_blocks, help="MBTF hidden-state indices, e.g. -2,21,18"
+    )
+    convert.add_argument(
+        "--window", type=int, help="STF window (default: inferred from the weights)"
+    )
     convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="output dtype")
     convert.add_argument("--chat-template", default="vicuna_v1", choices=["vicuna_v1", "plain"])
     convert.set_defaults(func=_cmd_convert)

@@ -12,7 +12,12 @@ from stf_model.fusion import MultiBlockTokenFusion, SpatialTokenFusion, spatial_
 from stf_model.model_dir import load_model_dir, save_model_dir
 from stf_model.modeling import STFForConditionalGeneration, STFModel
 from stf_model.presets import PRESETS, build_tiny, preset_config
-from stf_model.processing import build_image_processor, build_processor, image_to_uint8, normalize_pixels
+from stf_model.processing import (
+    build_image_processor,
+    build_processor,
+    image_to_uint8,
+    normalize_pixels,
+)
 from stf_model.projector import STFProjector
 from stf_model.tokenizer import build_tiny_tokenizer
 

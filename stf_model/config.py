@@ -31,7 +31,9 @@ class STFConfig(LlavaConfig):
 
     model_type = "llava_stf"
 
-    vision_feature_layer: int | list[int] = field(default_factory=lambda: list(PUBLISHED_MBTF_LAYERS))
+    vision_feature_layer: int | list[int] = field(
+        default_factory=lambda: list(PUBLISHED_MBTF_LAYERS)
+    )
     stf_window: int = 2
     mbtf_hidden_size: int | None = None
     projector_hidden_size: int | None = None
@@ -63,7 +65,9 @@ class STFConfig(LlavaConfig):
 
     @property
     def resolved_mbtf_hidden_size(self) -> int:
-        return self.mbtf_hidden_size or self.vision_config.hidden_size * len(self.feature_layers) // 2
+        return (
+            self.mbtf_hidden_size or self.vision_config.hidden_size * len(self.feature_layers) // 2
+        )
 
     @property
     def resolved_projector_hidden_size(self) -> int:

@@ -120,7 +120,11 @@ def convert_published_checkpoint(
     state = read_state_dict(src)
     vision_config, vision_state = _vision_part(src_config, state, vision_tower)
 
-    text_fields = {k: v for k, v in src_config.items() if not k.startswith("mm_") and k in LlamaConfig().to_dict()}
+    text_fields = {
+        k: v
+        for k, v in src_config.items()
+        if not k.startswith("mm_") and k in LlamaConfig().to_dict()
+    }
     text_fields.pop("architectures", None)
     text_fields.pop("model_type", None)
     text_config = LlamaConfig(**text_fields)
@@ -167,7 +171,9 @@ def convert_published_checkpoint(
             f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
         )
     try:
-        model.load_state_dict({k: v.to(target_dtype) for k, v in ours.items()}, strict=False, assign=True)
+        model.load_state_dict(
+            {k: v.to(target_dtype) for k, v in ours.items()}, strict=False, assign=True
+        )
     except RuntimeError as err:  # size mismatches: the config (window, blocks, tower) is wrong
         raise ValueError(f"checkpoint {src} does not match the model it describes: {err}") from err
     _materialise_buffers(model, config)
@@ -175,7 +181,9 @@ def convert_published_checkpoint(
         # <image> was added to the tokenizer: grow embeddings and head with mean rows (transformers).
         model.resize_token_embeddings(vocab_needed, pad_to_multiple_of=64, mean_resizing=True)
     save_model_dir(model, tokenizer, dst)
-    logger.info("converted %s -> %s (%d vision tokens per image)", src, dst, config.num_image_tokens)
+    logger.info(
+        "converted %s -> %s (%d vision tokens per image)", src, dst, config.num_image_tokens
+    )
     return model.config
 
 
@@ -192,7 +200,9 @@ def _vision_part(
         tower = Path(vision_tower)
         return CLIPVisionConfig.from_pretrained(tower), clip_vision_weights(read_state_dict(tower))
     prefix = "model.vision_tower.vision_tower."
-    bundled = clip_vision_weights({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    bundled = clip_vision_weights(
+        {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    )
     name = str(src_config.get("mm_vision_tower", ""))
     named_dir = Path(name) if name and Path(name).is_dir() else None
     if not bundled and named_dir is None:
@@ -228,7 +238,9 @@ def _tokenizer_with_image_token(src: Path, chat_template: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
     except (OSError, ValueError) as err:
-        raise ValueError(f"no usable tokenizer in {src}: copy the LLM's tokenizer files there") from err
+        raise ValueError(
+            f"no usable tokenizer in {src}: copy the LLM's tokenizer files there"
+        ) from err
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:

@@ -13,7 +13,9 @@ class MultiBlockTokenFusion(nn.Module):
     ``Linear(nC -> h), act, Linear(h -> C)``, no norm and no final activation, as published.
     """
 
-    def __init__(self, hidden_size: int, num_blocks: int, fusion_hidden_size: int, act: str = "gelu"):
+    def __init__(
+        self, hidden_size: int, num_blocks: int, fusion_hidden_size: int, act: str = "gelu"
+    ):
         super().__init__()
         self.fc1 = nn.Linear(num_blocks * hidden_size, fusion_hidden_size)
         self.act = ACT2FN[act]

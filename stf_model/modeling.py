@@ -51,18 +51,20 @@ class STFModel(LlavaModel):
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
         """As LlavaModel's, with the mismatch reported in vision tokens (transformers' message counts
         features after flattening, e.g. "tokens: 35, features: 2304")."""
-        if input_ids is not None:
-            num_tokens = int((input_ids == self.config.image_token_id).sum())
-            num_features = image_features.shape[0]  # (images * T, D) once concatenated
+        if input_ids is None:
+            return super().get_placeholder_mask(input_ids, inputs_embeds, image_features)
+        mask = input_ids == self.config.image_token_id
+        if input_ids.device.type != "meta":  # meta: shape-only runs (FLOP counting) cannot count
+            num_tokens, num_features = int(mask.sum()), image_features.shape[0]  # (images*T, D)
             if num_tokens != num_features:
                 per_image = self.config.num_image_tokens
                 raise ValueError(
                     f"image features and image tokens do not match: tokens {num_tokens}, "
                     f"features {num_features} ({num_features // per_image} image(s) x {per_image} "
-                    f"vision tokens); each image needs {per_image} {self.config.image_token_id} "
-                    "(<image>) tokens in input_ids"
+                    f"vision tokens); each image needs {per_image} <image> tokens "
+                    f"(id {self.config.image_token_id}) in input_ids"
                 )
-        return super().get_placeholder_mask(input_ids, inputs_embeds, image_features)
+        return mask.unsqueeze(-1).to(inputs_embeds.device)
 
 
 class STFForConditionalGeneration(LlavaForConditionalGeneration):
@@ -95,7 +97,9 @@ class STFForConditionalGeneration(LlavaForConditionalGeneration):
 
         Shape: (B, 3, H, W) -> (B, T, D) with T = config.num_image_tokens
         """
-        outputs = self.model.get_image_features(pixel_values=pixel_values, return_dict=True, **kwargs)
+        outputs = self.model.get_image_features(
+            pixel_values=pixel_values, return_dict=True, **kwargs
+        )
         return torch.stack(list(outputs.pooler_output))
 
     # ---- training stages ------------------------------------------------------------------

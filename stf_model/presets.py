@@ -116,7 +116,9 @@ def preset_config(name: str, **overrides: Any) -> STFConfig:
     return PRESETS[name](**overrides)
 
 
-def build_tiny(seed: int = 0, **overrides: Any) -> tuple[STFForConditionalGeneration, PreTrainedTokenizerFast]:
+def build_tiny(
+    seed: int = 0, **overrides: Any
+) -> tuple[STFForConditionalGeneration, PreTrainedTokenizerFast]:
     """A random ``tiny`` model and its tokenizer, built locally in well under a second."""
     tokenizer = build_tiny_tokenizer(TINY_VOCAB_SIZE)
     config = preset_config("tiny", **overrides)

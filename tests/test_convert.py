@@ -10,7 +10,12 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
 from pipelines.cli import main as stf_main
-from stf_model import STFForConditionalGeneration, build_tiny_tokenizer, load_model_dir, normalize_pixels
+from stf_model import (
+    STFForConditionalGeneration,
+    build_tiny_tokenizer,
+    load_model_dir,
+    normalize_pixels,
+)
 from stf_model.constants import PUBLISHED_MBTF_LAYERS
 from stf_model.presets import preset_config
 
@@ -27,7 +32,9 @@ def published_checkpoint(path, with_vision: bool, fmt: str, with_image_token: bo
     llm = LlamaForCausalLM(text_cfg).state_dict()  # model.embed_tokens, model.layers.*, lm_head
     clip = CLIPVisionModel(vision_cfg).state_dict()
     tensors = {k: v.clone() for k, v in llm.items()}
-    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # old checkpoints have it
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(
+        8
+    )  # old checkpoints have it
     tensors["model.mm_projector_crosslayer.0.weight"] = torch.randn(4 * C, 8 * C) * 0.05
     tensors["model.mm_projector_crosslayer.0.bias"] = torch.randn(4 * C) * 0.05
     tensors["model.mm_projector_crosslayer.2.weight"] = torch.randn(C, 4 * C) * 0.05
@@ -38,7 +45,9 @@ def published_checkpoint(path, with_vision: bool, fmt: str, with_image_token: bo
     tensors["model.mm_projector.2.bias"] = torch.randn(D) * 0.05
     vision_tensors = {"vision_model." + k: v.clone() for k, v in clip.items()}
     if with_vision:
-        tensors.update({"model.vision_tower.vision_tower." + k: v for k, v in vision_tensors.items()})
+        tensors.update(
+            {"model.vision_tower.vision_tower." + k: v for k, v in vision_tensors.items()}
+        )
     config = text_cfg.to_dict()
     # LLaVA names its tower by hub id or by a local CLIP directory; only a directory fits tiny.
     vision_cfg.save_pretrained(path.parent / "clip_config")
@@ -46,7 +55,9 @@ def published_checkpoint(path, with_vision: bool, fmt: str, with_image_token: bo
         architectures=["LlavaLlamaForCausalLM"],
         model_type="llava_llama",
         torch_dtype="float32",
-        mm_vision_tower=str(path.parent / "clip_config") if with_vision else "openai/clip-vit-large-patch14-336",
+        mm_vision_tower=str(path.parent / "clip_config")
+        if with_vision
+        else "openai/clip-vit-large-patch14-336",
         mm_hidden_size=C,
         mm_vision_select_layer=-2,
         mm_projector_type="mlp2x_gelu",
@@ -74,12 +85,20 @@ def published_image_features(tensors, vision_tensors, vision_cfg, pixels):
     hidden = clip(pixels, output_hidden_states=True).hidden_states
     x = torch.cat([hidden[i][:, 1:] for i in PUBLISHED_MBTF_LAYERS], dim=-1)
     p = "model.mm_projector_crosslayer."
-    x = F.linear(F.gelu(F.linear(x, tensors[p + "0.weight"], tensors[p + "0.bias"])), tensors[p + "2.weight"], tensors[p + "2.bias"])
+    x = F.linear(
+        F.gelu(F.linear(x, tensors[p + "0.weight"], tensors[p + "0.bias"])),
+        tensors[p + "2.weight"],
+        tensors[p + "2.bias"],
+    )
     B, N, C = x.shape
     H = int(N**0.5)
     x = x.view(B, H, H, C).unfold(1, 2, 2).unfold(2, 2, 2).reshape(B, -1, 4 * C)
     p = "model.mm_projector."
-    return F.linear(F.gelu(F.linear(x, tensors[p + "0.weight"], tensors[p + "0.bias"])), tensors[p + "2.weight"], tensors[p + "2.bias"])
+    return F.linear(
+        F.gelu(F.linear(x, tensors[p + "0.weight"], tensors[p + "0.bias"])),
+        tensors[p + "2.weight"],
+        tensors[p + "2.bias"],
+    )
 
 
 @pytest.fixture
@@ -94,14 +113,22 @@ def test_convert_safetensors_with_vision_matches_published_computation(tmp_path,
     assert stf_main(["convert", str(src), str(dst)]) == 0
 
     model, processor = load_model_dir(dst)
-    assert model.config.feature_layers == list(PUBLISHED_MBTF_LAYERS) and model.config.stf_window == 2
+    assert (
+        model.config.feature_layers == list(PUBLISHED_MBTF_LAYERS) and model.config.stf_window == 2
+    )
     norm = normalize_pixels(pixels, model.config.image_mean, model.config.image_std)
     expected = published_image_features(tensors, vision_tensors, vision_cfg, norm)
     torch.testing.assert_close(model.get_image_features(pixels), expected, rtol=1e-4, atol=1e-5)
 
     # The LLM half is the published LLaMA, logit for logit.
     llama = LlamaForCausalLM(model.config.text_config).eval()
-    llama.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("model.mm_") and "inv_freq" not in k and "vision" not in k})
+    llama.load_state_dict(
+        {
+            k: v
+            for k, v in tensors.items()
+            if not k.startswith("model.mm_") and "inv_freq" not in k and "vision" not in k
+        }
+    )
     ids = torch.tensor([[1, 20, 30, 40, 50]])
     torch.testing.assert_close(model(input_ids=ids).logits, llama(input_ids=ids).logits)
     assert processor.tokenizer.chat_template.startswith("{#- LLaVA conv_vicuna_v1")
@@ -134,9 +161,13 @@ def test_convert_bin_shards_with_separate_vision_tower(tmp_path, pixels):
     # The converted model runs a full prompt through the processor and generates.
     from PIL import Image
 
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
+    ]
     prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    inputs = processor(images=Image.new("RGB", (60, 40), (200, 10, 10)), text=prompt, return_tensors="pt")
+    inputs = processor(
+        images=Image.new("RGB", (60, 40), (200, 10, 10)), text=prompt, return_tensors="pt"
+    )
     assert int((inputs["input_ids"] == image_id).sum()) == 36
     out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3

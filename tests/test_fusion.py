@@ -18,7 +18,9 @@ def loop_stf(tokens: torch.Tensor, grid: int, window: int) -> torch.Tensor:
                 for dx in range(window):
                     src = (cy * window + dy) * grid + cx * window + dx
                     for c in range(channels):
-                        out[:, cy * cells + cx, c * window * window + dy * window + dx] = tokens[:, src, c]
+                        out[:, cy * cells + cx, c * window * window + dy * window + dx] = tokens[
+                            :, src, c
+                        ]
     return out
 
 
@@ -32,12 +34,16 @@ def reference_unfold_stf(tokens: torch.Tensor, grid: int) -> torch.Tensor:
 @pytest.mark.parametrize("grid,window", [(4, 2), (6, 3), (12, 4), (6, 2), (5, 1)])
 def test_stf_channel_order_matches_loop(grid, window):
     tokens = torch.randn(2, grid * grid, 3)
-    torch.testing.assert_close(spatial_token_fusion(tokens, grid, window), loop_stf(tokens, grid, window))
+    torch.testing.assert_close(
+        spatial_token_fusion(tokens, grid, window), loop_stf(tokens, grid, window)
+    )
 
 
 def test_stf_matches_reference_unfold_at_real_grid():
     tokens = torch.randn(2, 576, 8)
-    torch.testing.assert_close(spatial_token_fusion(tokens, 24, 2), reference_unfold_stf(tokens, 24))
+    torch.testing.assert_close(
+        spatial_token_fusion(tokens, 24, 2), reference_unfold_stf(tokens, 24)
+    )
 
 
 def test_stf_is_a_2x2_stride_2_conv_for_the_first_projector_layer():

@@ -64,7 +64,9 @@ def test_block_order_matters(uint8_images):
     a, _ = build_tiny(vision_feature_layer=[-2, 4, 3, 2])
     b, _ = build_tiny(vision_feature_layer=[2, 3, 4, -2])
     b.load_state_dict(a.state_dict())
-    assert not torch.allclose(a.get_image_features(uint8_images), b.get_image_features(uint8_images))
+    assert not torch.allclose(
+        a.get_image_features(uint8_images), b.get_image_features(uint8_images)
+    )
 
 
 def test_window_1_one_block_is_llava_15(uint8_images):
@@ -144,7 +146,11 @@ def test_generate_produces_tokens(tiny, uint8_images):
     model, _ = tiny
     ids = prompt_ids(36)
     out = model.generate(
-        input_ids=ids, pixel_values=uint8_images[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False
+        input_ids=ids,
+        pixel_values=uint8_images[:1],
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
     )
     assert out.shape == (1, ids.shape[1] + 6)
     assert torch.equal(out[:, : ids.shape[1]], ids)
@@ -160,7 +166,9 @@ def test_text_only_forward(tiny):
 
 def test_image_token_count_mismatch_raises(tiny, uint8_images):
     model, _ = tiny
-    with pytest.raises(ValueError, match=r"tokens 35, features 36 \(1 image\(s\) x 36 vision tokens\)"):
+    with pytest.raises(
+        ValueError, match=r"tokens 35, features 36 \(1 image\(s\) x 36 vision tokens\)"
+    ):
         model(input_ids=prompt_ids(35), pixel_values=uint8_images[:1])
 
 

@@ -22,7 +22,7 @@ def supervised_text(tokenizer, messages):
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     ids, mask = out["input_ids"], out["assistant_masks"]
-    return tokenizer.decode(ids), tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    return tokenizer.decode(ids), tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
 
 
 def test_pad_to_square_with_mean_colour():
@@ -49,7 +49,9 @@ def test_uint8_normalisation_matches_the_float_processor():
     processor = build_image_processor(config)
     as_float = torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"])
     as_uint8 = torch.from_numpy(image_to_uint8(image, processor))[None]
-    torch.testing.assert_close(normalize_pixels(as_uint8, CLIP_MEAN, CLIP_STD), as_float, atol=0.02, rtol=0)
+    torch.testing.assert_close(
+        normalize_pixels(as_uint8, CLIP_MEAN, CLIP_STD), as_float, atol=0.02, rtol=0
+    )
 
 
 @pytest.mark.parametrize("window,tokens", [(1, 144), (2, 36), (3, 16), (4, 9)])
@@ -70,7 +72,10 @@ def test_vicuna_v1_masks_only_assistant_turns():
     ]
     text, supervised = supervised_text(tokenizer, messages)
     assert text.startswith("<s>A chat between a curious user")
-    assert "USER: <image>\nWhat color is the circle? ASSISTANT: red</s>USER: How many shapes? ASSISTANT: two</s>" in text
+    assert (
+        "USER: <image>\nWhat color is the circle? ASSISTANT: red</s>USER: How many shapes? ASSISTANT: two</s>"
+        in text
+    )
     assert supervised == " red</s> two</s>"
     prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("What color is the circle? ASSISTANT:")
@@ -78,7 +83,9 @@ def test_vicuna_v1_masks_only_assistant_turns():
 
 def test_vicuna_v1_content_parts_put_image_first():
     tokenizer = build_tiny_tokenizer(chat_template="vicuna_v1")
-    messages = [{"role": "user", "content": [{"type": "text", "text": "Describe."}, {"type": "image"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Describe."}, {"type": "image"}]}
+    ]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("USER: <image>\nDescribe. ASSISTANT:")
 
