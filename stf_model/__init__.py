@@ -17,6 +17,7 @@ from stf_model.processing import (
     build_processor,
     image_to_uint8,
     normalize_pixels,
+    to_rgb,
 )
 from stf_model.projector import STFProjector
 from stf_model.tokenizer import build_tiny_tokenizer
@@ -45,4 +46,5 @@ __all__ = [
     "preset_config",
     "save_model_dir",
     "spatial_token_fusion",
+    "to_rgb",
 ]

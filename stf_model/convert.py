@@ -158,7 +158,8 @@ def convert_published_checkpoint(
             ours[new_key] = tensor
     ours.update({"model.vision_tower." + k: v for k, v in vision_state.items()})
 
-    target_dtype = dtype or getattr(torch, str(src_config.get("torch_dtype", "float32")))
+    source_dtype = src_config.get("torch_dtype") or src_config.get("dtype") or "float32"
+    target_dtype = dtype or getattr(torch, str(source_dtype))
     with torch.device("meta"):
         model = STFForConditionalGeneration(config)
     expected = set(model.state_dict())

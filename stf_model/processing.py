@@ -53,13 +53,26 @@ def build_image_processor(config: STFConfig, aspect: Aspect = "pad") -> LlavaIma
     )
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Pillow's own ``convert("RGB")`` clips 16/32-bit integer images
+    (``I;16``, ``I``) to white and float images (``F``) to black, so those are rescaled first."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" and values.max(initial=0.0) <= 1.0:
+            values = values * 255.0  # float images in [0, 1]
+        elif image.mode != "F" and (image.mode.startswith("I;16") or values.max(initial=0.0) > 255):
+            values = values / 257.0  # 16-bit range 0..65535 -> 0..255
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def image_to_uint8(image: Image.Image, image_processor: LlavaImageProcessorPil) -> np.ndarray:
-    """One RGB image -> the tower's input grid as uint8, not normalised (that happens on the device).
+    """One image (any mode) -> the tower's input grid as uint8, not normalised (that happens on the device).
 
     Shape: PIL (W0, H0) -> (3, S, S) uint8
     """
     out = image_processor(
-        images=image.convert("RGB"), do_rescale=False, do_normalize=False, return_tensors="np"
+        images=to_rgb(image), do_rescale=False, do_normalize=False, return_tensors="np"
     )
     pixels = out["pixel_values"][0]
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)

@@ -182,3 +182,17 @@ def test_real_shape_config_builds_on_meta():
     mlp += projector.linear_2.weight.numel() + projector.linear_2.bias.numel()
     assert round(mbtf / 1e6, 2) == 37.75  # DESIGN.md section 2
     assert round(mlp / 1e6, 2) == 134.24
+
+
+@pytest.mark.gpu
+def test_bf16_forward_and_generate_on_cuda(uint8_images):
+    model, _ = build_tiny()
+    model = model.to("cuda", torch.bfloat16)
+    ids = prompt_ids(36).cuda()
+    pixels = uint8_images[:1].cuda()
+    out = model(input_ids=ids, pixel_values=pixels, labels=ids)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    generated = model.generate(
+        input_ids=ids, pixel_values=pixels, max_new_tokens=4, min_new_tokens=4
+    )
+    assert generated.shape[1] == ids.shape[1] + 4

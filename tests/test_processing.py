@@ -13,6 +13,7 @@ from stf_model import (
     image_to_uint8,
     normalize_pixels,
     preset_config,
+    to_rgb,
 )
 from stf_model.constants import CLIP_MEAN, CLIP_STD
 
@@ -41,6 +42,21 @@ def test_pad_to_square_with_mean_colour():
 def test_any_mode_becomes_rgb(mode):
     image = Image.new(mode, (30, 20))
     assert image_to_uint8(image, build_image_processor(preset_config("tiny"))).shape == (3, 48, 48)
+
+
+@pytest.mark.parametrize(
+    "mode,value,expected",
+    [
+        ("I;16", 30000, 117),
+        ("I;16", 65535, 255),
+        ("I", 257 * 200, 200),
+        ("F", 0.5, 128),
+        ("L", 90, 90),
+    ],
+)
+def test_high_bit_depth_images_are_rescaled_not_clipped(mode, value, expected):
+    rgb = to_rgb(Image.new(mode, (4, 4), value))
+    assert rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (expected,) * 3
 
 
 def test_uint8_normalisation_matches_the_float_processor():
