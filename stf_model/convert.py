@@ -78,9 +78,13 @@ def map_published_key(key: str) -> str | None:
 
 
 def infer_fusion(
-    state: dict[str, torch.Tensor], vision_width: int, select_layer: int
+    state: dict[str, torch.Tensor],
+    vision_width: int,
+    select_layer: int,
+    blocks: list[int] | None = None,
 ) -> tuple[list[int] | int, int]:
-    """(block list, window) from the projector's weight shapes."""
+    """(block list, window) from the projector's weight shapes; ``blocks``, when given, is the
+    block list (needed when MBTF fuses other than the published 8 blocks)."""
     proj_in = state["model.mm_projector.0.weight"].shape[1]
     window = math.isqrt(proj_in // vision_width)
     if window * window * vision_width != proj_in:
@@ -89,6 +93,8 @@ def infer_fusion(
         )
     if "model.mm_projector_crosslayer.0.weight" not in state:
         return select_layer, window
+    if blocks is not None:
+        return blocks, window
     num_blocks = state["model.mm_projector_crosslayer.0.weight"].shape[1] // vision_width
     if num_blocks != len(PUBLISHED_MBTF_LAYERS):
         raise ValueError(
@@ -120,17 +126,16 @@ def convert_published_checkpoint(
     state = read_state_dict(src)
     vision_config, vision_state = _vision_part(src_config, state, vision_tower)
 
+    llama_keys = LlamaConfig().to_dict().keys()
     text_fields = {
-        k: v
-        for k, v in src_config.items()
-        if not k.startswith("mm_") and k in LlamaConfig().to_dict()
+        k: v for k, v in src_config.items() if k in llama_keys and not k.startswith("mm_")
     }
     text_fields.pop("architectures", None)
     text_fields.pop("model_type", None)
     text_config = LlamaConfig(**text_fields)
 
-    inferred_blocks, inferred_window = infer_fusion(
-        state, vision_config.hidden_size, src_config.get("mm_vision_select_layer", -2)
+    feature_layers, inferred_window = infer_fusion(
+        state, vision_config.hidden_size, src_config.get("mm_vision_select_layer", -2), blocks
     )
     tokenizer = _tokenizer_with_image_token(src, chat_template)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -138,7 +143,7 @@ def convert_published_checkpoint(
     config = STFConfig(
         vision_config=vision_config,
         text_config=text_config,
-        vision_feature_layer=blocks if blocks is not None else inferred_blocks,
+        vision_feature_layer=feature_layers,
         stf_window=window if window is not None else inferred_window,
         image_token_index=image_token_id,
         projector_hidden_size=state["model.mm_projector.0.weight"].shape[0],

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
 from pipelines.cli import main as stf_main
@@ -180,3 +180,23 @@ def test_convert_reports_a_mismatched_checkpoint(tmp_path, capsys):
     assert stf_main(["convert", str(src), str(tmp_path / "o"), "--window", "4"]) == 2
     assert "does not match" in capsys.readouterr().err
     assert stf_main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "o")]) == 2
+
+
+def test_convert_non_published_block_count_needs_and_takes_blocks(tmp_path):
+    src = tmp_path / "published"
+    published_checkpoint(src, True, "safetensors", True)
+    # Keep the first 4 of the 8 blocks: the MBTF input shrinks to 4C.
+    for shard in src.glob("*.safetensors"):
+        tensors = load_file(shard)
+        key = "model.mm_projector_crosslayer.0.weight"
+        if key in tensors:
+            tensors[key] = tensors[key][:, : tensors[key].shape[1] // 2].contiguous()
+            save_file(tensors, shard)
+    assert stf_main(["convert", str(src), str(tmp_path / "a")]) == 2  # cannot guess 4 blocks
+    assert stf_main(["convert", str(src), str(tmp_path / "b"), "--blocks=-2,21,18,15"]) == 0
+    assert STFForConditionalGeneration.from_pretrained(tmp_path / "b").config.feature_layers == [
+        -2,
+        21,
+        18,
+        15,
+    ]
