@@ -122,7 +122,6 @@ def main() -> None:
             "text.num_attention_heads": max(1, hidden // 64),
             "text.num_key_value_heads": max(1, hidden // 64),
         }
-    torch.set_num_threads(torch.get_num_threads())
     rows, base_model = [], None
     for window in [int(w) for w in args.windows.split(",")]:
         model = build(args.preset, window, device, dtype, llm)
