@@ -7,6 +7,29 @@ import logging
 import sys
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+# Job name -> "module:SpecClass"; imported lazily so `stf --help` stays fast.
+SPECS = {"preprocess": "pipelines.preprocess:PreprocessSpec"}
+
+
+def _spec_class(job: str):
+    import importlib
+
+    module, name = SPECS[job].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _add_spec_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", nargs="?", help="YAML spec file (omit to use only --set values)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, dotted for nested keys (repeatable): --set storage.region=eu-1",
+    )
 
 
 def _parse_blocks(text: str) -> list[int]:
@@ -39,6 +62,64 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from pipelines.preprocess import PreprocessFailed, PreprocessSpec, run
+    from pipelines.spec import load_spec
+
+    spec = load_spec(PreprocessSpec, args.spec, args.overrides)
+    try:
+        manifest = run(spec)
+    except PreprocessFailed as err:
+        print(f"stf preprocess: FAILED: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    c = manifest["counts"]
+    reasons = ", ".join(f"{r} {n}" for r, n in c["by_reason"].items()) or "none"
+    state = "up to date, skipped" if manifest.get("skipped") else f"{manifest['seconds']:.1f} s"
+    print(
+        f"preprocess {spec.output}: read {c['read']}, written {c['written']} in "
+        f"{len(manifest['shards'])} shards, quarantined {c['quarantined']} ({reasons}), "
+        f"truncated {c['truncated']} [{state}]"
+    )
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from pipelines.synth import write_corpus
+
+    width, _, height = args.image_size.partition("x")
+    meta = write_corpus(
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        width=int(width),
+        height=int(height or width),
+        n_eval=args.n_eval,
+    )
+    r, b = meta["records"], meta["baselines"]
+    print(
+        f"synth {args.out}: {r['pretrain']} captions (pretrain.json), {r['finetune']} "
+        f"conversations (finetune.jsonl), {r['eval']} eval questions (eval.jsonl); "
+        f"eval baselines: chance {b['chance']:.1%}, majority answer {b['majority']:.1%}"
+    )
+    return 0
+
+
+def _cmd_spec(args: argparse.Namespace) -> int:
+    from pipelines.spec import spec_reference
+
+    cls = _spec_class(args.job)
+    print(f"# stf {args.job}: {cls.__doc__.strip().splitlines()[0]}")
+    print(spec_reference(cls))
+    return 0
+
+
+def _image_size(text: str) -> str:
+    width, _, height = text.partition("x")
+    if not width.isdigit() or (height and not height.isdigit()):
+        raise argparse.ArgumentTypeError(f"--image-size takes WIDTHxHEIGHT, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stf", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -61,6 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="output dtype")
     convert.add_argument("--chat-template", default="vicuna_v1", choices=["vicuna_v1", "plain"])
     convert.set_defaults(func=_cmd_convert)
+
+    preprocess = verbs.add_parser(
+        "preprocess", help="LLaVA JSON/JSONL + images -> tokenised Parquet shards (Ray Data)"
+    )
+    _add_spec_args(preprocess)
+    preprocess.set_defaults(func=_cmd_preprocess)
+
+    synth = verbs.add_parser("synth", help="write the synthetic shapes corpus (demo, tests)")
+    synth.add_argument("--out", required=True, help="output directory")
+    synth.add_argument("--n", type=int, default=1000, help="training images (default 1000)")
+    synth.add_argument("--n-eval", type=int, help="held-out questions (default n/5, at least 20)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--image-size", type=_image_size, default="96x72", help="WIDTHxHEIGHT")
+    synth.set_defaults(func=_cmd_synth)
+
+    spec = verbs.add_parser("spec", help="print a job's spec reference (keys, defaults, meaning)")
+    spec.add_argument("job", choices=sorted(SPECS))
+    spec.set_defaults(func=_cmd_spec)
     return parser
 
 

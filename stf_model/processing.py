@@ -7,17 +7,20 @@ the model's token count; we configure them rather than re-write them.
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import LlavaProcessor, PreTrainedTokenizerBase
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
 from stf_model.config import STFConfig
 from stf_model.constants import IMAGE_TOKEN
+from stf_model.records import RecordError
 
 Aspect = Literal["pad", "crop"]
 
@@ -64,6 +67,38 @@ def to_rgb(image: Image.Image) -> Image.Image:
             values = values / 257.0  # 16-bit range 0..65535 -> 0..255
         image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
     return image.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Encoded image bytes -> an upright 8-bit RGB image, decoded once.
+
+    Checks width*height against ``max_pixels`` from the header, before any pixel is decoded (the
+    decompression-bomb guard), applies the EXIF orientation, and converts any mode to RGB.
+    Raises :class:`RecordError` (``image_empty``, ``image_undecodable``, ``image_too_large``,
+    ``image_truncated``).
+    """
+    if not data:
+        raise RecordError("image_empty", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below decides; Pillow's global bomb warning would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise RecordError("image_too_large", str(err)) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise RecordError("image_undecodable", f"{type(err).__name__}: {err}") from err
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RecordError(
+            "image_too_large", f"{width}x{height} = {width * height} pixels > limit {max_pixels}"
+        )
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow reports truncation as OSError
+        raise RecordError("image_truncated", f"{type(err).__name__}: {err}") from err
 
 
 def image_to_uint8(image: Image.Image, image_processor: LlavaImageProcessorPil) -> np.ndarray:

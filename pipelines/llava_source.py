@@ -1,0 +1,160 @@
+"""A Ray Data datasource over LLaVA record files (a JSON list or JSONL, local or S3).
+
+Ray's ``read_json`` parses whole files with Arrow, which fails a file on one bad line and coerces
+LLaVA's irregular records into one schema; we need one row per record *with its position*, and a
+bad line must become a quarantined record rather than a failed job. So each read task streams one
+file and emits raw record text; parsing and validation happen in the preprocessing map.
+
+Each file ends with one count row (``file_records`` set, ``raw`` null): how many records the reader
+saw. It travels through the pipeline with the records, so the sink can check, per file, that
+every record read was written or quarantined.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from collections.abc import Iterator
+
+import pyarrow as pa
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from pipelines.spec import StorageOptions
+from pipelines.storage import filesystem, fs_path
+
+RAW_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),  # file URL
+        ("index", pa.int64()),  # 0-based record position in the file
+        ("line", pa.int64()),  # 1-based line where the record starts
+        ("raw", pa.string()),  # the record's JSON text; null on a count row
+        ("error", pa.string()),  # set when the reader itself could not delimit a record
+        ("file_records", pa.int64()),  # set only on the file's final count row
+    ]
+)
+_CHUNK = 1 << 20
+
+
+class LlavaRecordsDatasource(Datasource):
+    """One read task per file; each yields blocks of ``rows_per_block`` raw records."""
+
+    def __init__(
+        self, files: list[tuple[str, int]], storage: StorageOptions, rows_per_block: int = 512
+    ):
+        super().__init__()
+        self._files = files
+        self._storage = storage
+        self._rows_per_block = rows_per_block
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return sum(size for _, size in self._files)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        tasks = []
+        for url, size in self._files:
+            meta = BlockMetadata(num_rows=None, size_bytes=size, exec_stats=None, input_files=[url])
+            read = functools.partial(_blocks, url, self._storage, self._rows_per_block)
+            tasks.append(ReadTask(read, meta))
+        return tasks
+
+
+def _blocks(url: str, storage: StorageOptions, rows_per_block: int) -> Iterator[pa.Table]:
+    batch: list[dict] = []
+    count = 0
+    for row in iter_raw_records(url, storage):
+        batch.append(row)
+        count += 1
+        if len(batch) >= rows_per_block:
+            yield pa.Table.from_pylist(batch, schema=RAW_SCHEMA)
+            batch = []
+    batch.append({"source": url, "index": -1, "line": -1, "file_records": count})
+    yield pa.Table.from_pylist(batch, schema=RAW_SCHEMA)
+
+
+def iter_raw_records(url: str, storage: StorageOptions) -> Iterator[dict]:
+    """Rows ``{source, index, line, raw, error}`` for each record of a JSON-list or JSONL file."""
+    fs = filesystem(url, storage)
+    with fs.open(fs_path(url), "rb") as binary:
+        text = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
+        head = text.read(_CHUNK)
+        if head.lstrip().startswith("["):
+            yield from _json_list(url, text, head)
+        else:
+            yield from _jsonl(url, text, head)
+
+
+def _jsonl(url: str, text: io.TextIOBase, head: str) -> Iterator[dict]:
+    index = 0
+    for line_no, line in enumerate(_lines(text, head), start=1):
+        if line.strip():
+            yield {"source": url, "index": index, "line": line_no, "raw": line}
+            index += 1
+
+
+def _lines(text: io.TextIOBase, head: str) -> Iterator[str]:
+    pending = head
+    while True:
+        *complete, pending = pending.split("\n")
+        yield from complete
+        chunk = text.read(_CHUNK)
+        if not chunk:
+            break
+        pending += chunk
+    if pending:
+        yield pending
+
+
+def _json_list(url: str, text: io.TextIOBase, buf: str) -> Iterator[dict]:
+    """Streams the elements of a top-level JSON list. The standard library has no incremental
+    parser, so this walks the list with ``JSONDecoder.raw_decode``, reading more text whenever an
+    element runs past the buffer; memory stays at about one chunk plus one record."""
+    decoder = json.JSONDecoder()
+    pos = buf.index("[") + 1
+    line = 1 + buf.count("\n", 0, pos)
+    index, eof, expect_element = 0, False, True
+    while True:
+        # Skip whitespace and the separating comma; top up the buffer when it runs dry.
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
+                line += buf[pos] == "\n"
+                if buf[pos] == ",":
+                    expect_element = True
+                pos += 1
+            if pos < len(buf) or eof:
+                break
+            buf, pos = buf[pos:] + text.read(_CHUNK), 0
+            eof = pos == len(buf)
+        if pos >= len(buf) or buf[pos] == "]":
+            if pos >= len(buf):
+                yield _unreadable(url, index, line, "the list is not closed with ']'")
+            return
+        try:
+            _, end = decoder.raw_decode(buf, pos)
+        except json.JSONDecodeError as err:
+            chunk = "" if eof else text.read(_CHUNK)
+            if chunk:  # the element may just continue past the buffer
+                buf, pos = buf[pos:] + chunk, 0
+                continue
+            yield _unreadable(url, index, line, f"{err.msg} at line {line + err.lineno - 1}")
+            return
+        if not expect_element:
+            yield _unreadable(url, index, line, "missing ',' between list elements")
+            return
+        raw = buf[pos:end]
+        yield {"source": url, "index": index, "line": line, "raw": raw}
+        line += raw.count("\n")
+        index, pos, expect_element = index + 1, end, False
+        if pos > _CHUNK:
+            buf, pos = buf[pos:], 0
+
+
+def _unreadable(url: str, index: int, line: int, why: str) -> dict:
+    return {
+        "source": url,
+        "index": index,
+        "line": line,
+        "raw": None,
+        "error": f"JSON list broken: {why}; the rest of the file could not be read",
+    }

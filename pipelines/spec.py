@@ -1,0 +1,145 @@
+"""Job specs: pydantic models read from YAML, with ``--set dotted.key=value`` overrides.
+
+Every job (preprocess, train, serve, infer, eval) declares a :class:`JobSpec` subclass; the CLI
+calls :func:`load_spec` once, at the edge, and passes the typed object down. Overrides are merged
+into the YAML mapping before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+SpecT = TypeVar("SpecT", bound="JobSpec")
+
+
+class SpecError(ValueError):
+    """A spec the user must fix; the message names the file, the key and the problem."""
+
+
+class JobSpec(BaseModel):
+    """Base of every spec: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec as plain JSON types, secrets masked: what a job writes next to its outputs."""
+        return self.model_dump(mode="json")
+
+
+class StorageOptions(JobSpec):
+    """Where ``s3://`` paths live. Unset fields fall back to the standard AWS environment
+    variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_DEFAULT_REGION``, profiles), exactly as boto would read them."""
+
+    endpoint_url: str | None = Field(None, description="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    region: str | None = Field(None, description="S3 region (default: AWS_DEFAULT_REGION)")
+    access_key_id: SecretStr | None = Field(None, description="default: AWS_ACCESS_KEY_ID")
+    secret_access_key: SecretStr | None = Field(None, description="default: AWS_SECRET_ACCESS_KEY")
+    anon: bool = Field(False, description="unsigned requests (public buckets)")
+
+    def s3fs_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``s3fs.S3FileSystem``."""
+        options: dict[str, Any] = {"anon": self.anon}
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+        if endpoint or os.environ.get("AWS_ENDPOINT_URL"):
+            options["endpoint_url"] = endpoint or os.environ["AWS_ENDPOINT_URL"]
+        if self.access_key_id is not None:
+            options["key"] = self.access_key_id.get_secret_value()
+        if self.secret_access_key is not None:
+            options["secret"] = self.secret_access_key.get_secret_value()
+        if self.region:
+            options["client_kwargs"] = {"region_name": self.region}
+        return options
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], value); the value is read as YAML (``3``, ``true``, ``[1, 2]``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {text!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise SpecError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Returns a copy of ``data`` with each ``dotted.key=value`` set (intermediate maps created)."""
+    merged = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = merged
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = ".".join(keys[: depth + 1])
+                raise SpecError(f"--set {text!r}: {where} is {child!r}, not a mapping")
+            node = child
+        node[keys[-1]] = value
+    return merged
+
+
+def load_spec(cls: type[SpecT], path: str | os.PathLike | None, overrides: list[str] = ()) -> SpecT:
+    """Reads a YAML spec (or starts from ``{}`` when ``path`` is None), applies overrides and
+    validates. Raises :class:`SpecError` with one readable paragraph."""
+    source = str(path) if path is not None else "--set values"
+    data: Any = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as err:
+            raise SpecError(f"spec file {source} does not exist") from err
+        except yaml.YAMLError as err:
+            raise SpecError(f"{source} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: a spec is a mapping of keys, got {type(data).__name__}")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(source, cls, err)) from err
+
+
+def format_validation_error(source: str, cls: type[BaseModel], err: ValidationError) -> str:
+    """One paragraph: every failing key with its problem and the value given."""
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            problems.append(f"unknown key {key!r} (check the spelling; see `stf spec`)")
+        elif e["type"] == "missing":
+            problems.append(f"key {key!r} is required")
+        else:
+            problems.append(f"key {key!r}: {e['msg']} (got {e.get('input')!r:.80})")
+    return f"{source}: invalid {cls.__name__}: " + "; ".join(problems) + "."
+
+
+def spec_reference(cls: type[BaseModel], indent: int = 0) -> str:
+    """A commented YAML skeleton of a spec, generated from its fields (so it cannot drift):
+    each key with its description, its default, or ``# required``."""
+    pad = " " * indent
+    lines = []
+    for name, field in cls.model_fields.items():
+        annotation = field.annotation
+        nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if field.description:
+            lines.append(f"{pad}# {field.description}")
+        if nested:
+            lines.append(f"{pad}{name}:")
+            lines.append(spec_reference(annotation, indent + 2))
+        elif field.is_required():
+            lines.append(f"{pad}{name}:  # required")
+        else:
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr):
+                default = "<secret>"
+            value = yaml.safe_dump(default, default_flow_style=True).strip()
+            value = value.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"{pad}{name}: {value}")
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Local and ``s3://`` paths through one interface (fsspec; s3fs for S3).
+
+Jobs keep URLs as strings (``/data/x``, ``s3://bucket/x``) and resolve them here; the same code
+then runs on a laptop and on a cluster reading from object storage.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+
+from pipelines.spec import StorageOptions
+
+
+def is_s3(url: str) -> bool:
+    return url.startswith("s3://")
+
+
+def filesystem(url: str, storage: StorageOptions) -> fsspec.AbstractFileSystem:
+    """The filesystem a URL lives on. fsspec caches instances, so repeated calls are cheap."""
+    if is_s3(url):
+        import s3fs
+
+        return s3fs.S3FileSystem(**storage.s3fs_options())
+    return fsspec.filesystem("file")
+
+
+def fs_path(url: str) -> str:
+    """The path fsspec expects: ``bucket/key`` for S3, an absolute path for local files."""
+    return url[len("s3://") :] if is_s3(url) else os.path.abspath(os.path.expanduser(url))
+
+
+def to_url(url_like: str, path: str) -> str:
+    """Inverse of :func:`fs_path` for a path found on the same filesystem as ``url_like``."""
+    return f"s3://{path}" if is_s3(url_like) else path
+
+
+def join(base: str, *parts: str) -> str:
+    """Joins URL parts with ``/`` (``os.path.join`` would mangle ``s3://``)."""
+    if is_s3(base):
+        return "s3://" + posixpath.join(base[len("s3://") :], *parts)
+    return os.path.join(base, *parts)
+
+
+def expand_inputs(patterns: list[str], storage: StorageOptions) -> list[tuple[str, int]]:
+    """Expands files and globs into sorted ``(url, size)`` pairs; a pattern matching nothing is an
+    error, so a typo never silently reads less data."""
+    found: dict[str, int] = {}
+    for pattern in patterns:
+        fs = filesystem(pattern, storage)
+        matches = fs.glob(fs_path(pattern), detail=True)
+        files = {p: info for p, info in matches.items() if info.get("type") == "file"}
+        if not files:
+            raise FileNotFoundError(f"input {pattern!r} matches no file")
+        for path, info in files.items():
+            found[to_url(pattern, path)] = int(info.get("size") or 0)
+    return sorted(found.items())
+
+
+def write_json_atomic(url: str, payload: Any, storage: StorageOptions) -> None:
+    """Writes JSON so that readers see the old file or the new one, never half of one: a local
+    file is written aside and renamed over; an S3 object appears whole on one PUT."""
+    data = json.dumps(payload, indent=2, sort_keys=False).encode()
+    fs = filesystem(url, storage)
+    path = fs_path(url)
+    if is_s3(url):
+        fs.pipe_file(path, data)
+        fs.invalidate_cache(posixpath.dirname(path))
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(url: str, storage: StorageOptions) -> Any | None:
+    """The parsed JSON at ``url``, or None when there is no such file."""
+    fs = filesystem(url, storage)
+    try:
+        with fs.open(fs_path(url), "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def remove_tree(url: str, storage: StorageOptions) -> None:
+    """Deletes a directory (prefix) and everything under it, if it exists."""
+    fs = filesystem(url, storage)
+    path = fs_path(url)
+    fs.invalidate_cache()
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.invalidate_cache()
+
+
+def local_copy(
+    url: str,
+    storage: StorageOptions,
+    patterns: tuple[str, ...] = ("*",),
+    cache_root: str | None = None,
+) -> str:
+    """A local directory with the files of ``url`` whose names match ``patterns``; local paths
+    are returned unchanged, S3 prefixes are downloaded once into a cache keyed by URL and
+    patterns (a later call with other patterns downloads those too)."""
+    if not is_s3(url):
+        return fs_path(url)
+    root = cache_root or os.path.join(
+        os.environ.get("STF_CACHE", os.path.expanduser("~/.cache/stf")), "s3"
+    )
+    target = os.path.join(root, url[len("s3://") :].strip("/"))
+    key = hashlib.sha256(repr(patterns).encode()).hexdigest()[:12]
+    marker = os.path.join(target, f".complete-{key}")
+    if not os.path.exists(marker):
+        fs = filesystem(url, storage)
+        prefix = fs_path(url).rstrip("/") + "/"
+        fetched = 0
+        for path in fs.find(prefix):
+            rel = path[len(prefix) :]
+            if any(fnmatch.fnmatch(posixpath.basename(rel), p) for p in patterns):
+                dest = os.path.join(target, rel)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                fs.get_file(path, f"{dest}.part")
+                os.replace(f"{dest}.part", dest)
+                fetched += 1
+        if not fetched:
+            raise FileNotFoundError(f"{url} has no files matching {', '.join(patterns)}")
+        open(marker, "w").close()
+    return target

@@ -1,0 +1,218 @@
+"""A synthetic LLaVA-format corpus that a tiny model can learn: coloured shapes in quadrants.
+
+``stf synth --out DIR`` writes real JPEGs and three LLaVA files:
+
+- ``pretrain.json`` (a JSON list, like LCS-558K): one caption per training image;
+- ``finetune.jsonl``: multi-turn short-answer questions about the training images, plus some
+  text-only records (as in mix665k);
+- ``eval.jsonl``: one question per held-out image with its ground-truth answer and type
+  (``question_id``, ``image``, ``text``, ``answer``, ``question_type``), LLaVA's question-file shape.
+
+``synth.json`` records the answer sets and two baselines on the eval split: uniform chance and
+always answering the most common training answer of the question's type. A trained model must beat
+both by a clear margin.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 40, 170),
+    "orange": (250, 130, 10),
+}
+SHAPES = ("circle", "square", "triangle")
+QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+COUNT_WORDS = ("zero", "one", "two", "three", "four")
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+ANSWERS: dict[str, tuple[str, ...]] = {
+    "count": COUNT_WORDS[1:],
+    "color": tuple(COLORS),
+    "shape": SHAPES,
+    "position": QUADRANTS,
+}
+# Text-only records (mix665k has them too): facts about the same vocabulary.
+TEXT_ONLY = (
+    ("How many sides does a triangle have?", "three"),
+    ("How many sides does a square have?", "four"),
+    ("Which shape has no corners?", "circle"),
+    ("Which shape has three corners?", "triangle"),
+    ("What color do you get when you mix red and yellow?", "orange"),
+    ("What color do you get when you mix red and blue?", "purple"),
+    ("What color do you get when you mix blue and yellow?", "green"),
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    color: str
+    quadrant: str
+
+
+def random_scene(rng: random.Random) -> list[Shape]:
+    """1-4 shapes in distinct quadrants, each (color, kind) pair unique in the scene."""
+    quadrants = rng.sample(QUADRANTS, rng.randint(1, 4))
+    pairs = rng.sample([(c, k) for c in COLORS for k in SHAPES], len(quadrants))
+    return [Shape(kind=k, color=c, quadrant=q) for q, (c, k) in zip(quadrants, pairs, strict=True)]
+
+
+def draw_scene(scene: list[Shape], width: int, height: int, rng: random.Random) -> Image.Image:
+    grey = rng.randint(225, 255)
+    image = Image.new("RGB", (width, height), (grey, grey, grey))
+    draw = ImageDraw.Draw(image)
+    qw, qh = width / 2, height / 2
+    for shape in scene:
+        row, col = QUADRANTS.index(shape.quadrant) // 2, QUADRANTS.index(shape.quadrant) % 2
+        r = rng.uniform(0.26, 0.36) * min(qw, qh)
+        cx = (col + 0.5) * qw + rng.uniform(-0.1, 0.1) * qw
+        cy = (row + 0.5) * qh + rng.uniform(-0.1, 0.1) * qh
+        fill = COLORS[shape.color]
+        if shape.kind == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif shape.kind == "square":
+            s = r * 0.9
+            draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill)
+    return image
+
+
+def caption(scene: list[Shape]) -> str:
+    parts = [
+        f"{_article(s.color)} {s.color} {s.kind} at the {s.quadrant}" for s in _reading_order(scene)
+    ]
+    noun = "shape" if len(scene) == 1 else "shapes"
+    return f"{COUNT_WORDS[len(scene)]} {noun}: " + " and ".join(parts) + "."
+
+
+def questions(scene: list[Shape], rng: random.Random) -> list[tuple[str, str, str]]:
+    """(question type, question, answer) for each kind of question, in random order."""
+    target = rng.choice(scene)
+    qa = [
+        ("count", "How many shapes are there?", COUNT_WORDS[len(scene)]),
+        ("color", f"What color is the shape at the {target.quadrant}?", target.color),
+        ("shape", f"What shape is at the {target.quadrant}?", target.kind),
+        ("position", f"Where is the {target.color} {target.kind}?", target.quadrant),
+    ]
+    rng.shuffle(qa)
+    return qa
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _reading_order(scene: list[Shape]) -> list[Shape]:
+    return sorted(scene, key=lambda s: QUADRANTS.index(s.quadrant))
+
+
+def _with_image(text: str, rng: random.Random) -> str:
+    """<image> at the start or the end of the first human turn, as LLaVA's files have it."""
+    return f"<image>\n{text}" if rng.random() < 0.5 else f"{text}\n<image>"
+
+
+def write_corpus(
+    out: str | Path,
+    n: int = 1000,
+    seed: int = 0,
+    width: int = 96,
+    height: int = 72,
+    n_eval: int | None = None,
+    quality: int = 90,
+) -> dict:
+    """Writes the corpus under ``out`` and returns the contents of its ``synth.json``."""
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    if width < 16 or height < 16:
+        raise ValueError(f"images must be at least 16x16 pixels, got {width}x{height}")
+    out = Path(out)
+    n_eval = max(20, n // 5) if n_eval is None else n_eval
+    rng = random.Random(seed)
+    pretrain, finetune, evaluation = [], [], []
+    train_answers: dict[str, Counter] = {t: Counter() for t in ANSWERS}
+
+    for split, count in (("train", n), ("eval", n_eval)):
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            scene = random_scene(rng)
+            image_rel = f"images/{split}/{i:06d}.jpg"
+            draw_scene(scene, width, height, rng).save(out / image_rel, quality=quality)
+            qa = questions(scene, rng)
+            if split == "eval":
+                qtype, question, answer = qa[0]
+                evaluation.append(
+                    {
+                        "question_id": f"eval-{i:06d}",
+                        "image": image_rel,
+                        "text": f"{question}\n{SHORT_ANSWER}",
+                        "answer": answer,
+                        "question_type": qtype,
+                    }
+                )
+                continue
+            pretrain.append(
+                {
+                    "id": f"cap-{i:06d}",
+                    "image": image_rel,
+                    "conversations": [
+                        {"from": "human", "value": _with_image("Describe the image briefly.", rng)},
+                        {"from": "gpt", "value": caption(scene)},
+                    ],
+                }
+            )
+            turns = []
+            for k, (qtype, question, answer) in enumerate(qa[: rng.randint(2, 4)]):
+                train_answers[qtype][answer] += 1
+                text = f"{question}\n{SHORT_ANSWER}"
+                turns.append({"from": "human", "value": _with_image(text, rng) if k == 0 else text})
+                turns.append({"from": "gpt", "value": answer})
+            finetune.append({"id": f"qa-{i:06d}", "image": image_rel, "conversations": turns})
+            if i % 10 == 0:
+                question, answer = TEXT_ONLY[rng.randrange(len(TEXT_ONLY))]
+                finetune.append(
+                    {
+                        "id": f"text-{i:06d}",
+                        "conversations": [
+                            {"from": "human", "value": question},
+                            {"from": "gpt", "value": answer},
+                        ],
+                    }
+                )
+
+    (out / "pretrain.json").write_text(json.dumps(pretrain))
+    (out / "finetune.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finetune))
+    (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evaluation))
+    meta = {
+        "n_train_images": n,
+        "n_eval": n_eval,
+        "seed": seed,
+        "image_size": [width, height],
+        "files": {"pretrain": "pretrain.json", "finetune": "finetune.jsonl", "eval": "eval.jsonl"},
+        "records": {"pretrain": len(pretrain), "finetune": len(finetune), "eval": len(evaluation)},
+        "answers": {t: list(a) for t, a in ANSWERS.items()},
+        "baselines": eval_baselines(evaluation, train_answers),
+    }
+    (out / "synth.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def eval_baselines(evaluation: list[dict], train_answers: dict[str, Counter]) -> dict[str, float]:
+    """Accuracy on ``evaluation`` of uniform guessing within each question type's answer set, and
+    of always giving the type's most common training answer."""
+    if not evaluation:
+        return {"chance": 0.0, "majority": 0.0}
+    chance = sum(1 / len(ANSWERS[q["question_type"]]) for q in evaluation) / len(evaluation)
+    majority = {t: c.most_common(1)[0][0] if c else None for t, c in train_answers.items()}
+    hits = sum(q["answer"] == majority[q["question_type"]] for q in evaluation)
+    return {"chance": round(chance, 4), "majority": round(hits / len(evaluation), 4)}

@@ -1,0 +1,247 @@
+"""LLaVA training records -> validated chat messages -> token ids and labels.
+
+A LLaVA record is ``{"id", "image" (optional), "conversations": [{"from": "human"|"gpt", "value"}]}``.
+:func:`parse_record` checks its structure and normalises the ``<image>`` placeholder to the start of
+the first human turn followed by ``\\n`` (as LLaVA's ``preprocess_multimodal`` does);
+:func:`tokenize_conversation` renders a chat template, takes the label mask from the template's
+generation markers and checks that mask against the text it should cover, so a template/tokenizer
+disagreement is an error on that record instead of a silent loss-0 sample.
+
+Every problem is a :class:`RecordError` with a stable ``reason`` code from :data:`REASONS`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from stf_model.constants import IGNORE_INDEX, IMAGE_TOKEN
+
+# Reason code -> what it means and what to do; quarantine rows carry the code and a detail.
+REASONS: dict[str, str] = {
+    "malformed_json": "the line or list element is not valid JSON; fix the JSON",
+    "broken_json_list": "a JSON list file breaks here, so the records after it cannot be counted",
+    "not_an_object": "the record is not a JSON object",
+    "missing_conversations": "no 'conversations' list, or it is empty",
+    "bad_turn": "a turn is not {'from': ..., 'value': str} or has an unknown role",
+    "wrong_turn_order": "turns must alternate human, gpt, ... starting with human and ending with gpt",
+    "empty_turn": "a human or gpt turn has no text",
+    "not_single_exchange": "the plain (pretraining) template takes one human + gpt exchange",
+    "bad_image_field": "'image' must be one relative path (a string)",
+    "placeholder_count": "an image record needs exactly one <image>, in the first human turn",
+    "placeholder_without_image": "<image> appears but the record has no 'image'",
+    "image_without_placeholder": "the record has an 'image' but no <image> in its text",
+    "image_path_escapes_root": "the image path is absolute or leaves the image root ('..')",
+    "image_missing": "the image file does not exist under the image root",
+    "image_unreadable": "the image file exists but could not be read (permissions, I/O error)",
+    "image_empty": "the image file has zero bytes",
+    "image_undecodable": "the bytes are not an image format Pillow can read",
+    "image_truncated": "the image file is truncated or corrupt",
+    "image_too_large": "width*height is over the pixel limit (decompression-bomb guard)",
+    "too_long": "even the first exchange is longer than max_length (image tokens included)",
+    "mask_mismatch": "the supervised tokens do not match the assistant text (template/tokenizer)",
+    "placeholder_tokenization": "the tokenizer did not produce one <image> token per image",
+}
+
+_USER_ROLES = {"human": "user", "user": "user"}
+_ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant"}
+
+
+class RecordError(ValueError):
+    """A record that cannot become a training sample: ``reason`` is a key of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str):
+        if reason not in REASONS:
+            raise KeyError(f"unknown record error reason {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A validated record: chat messages (``role``/``content``) and its image path, if any."""
+
+    id: str | None
+    image: str | None
+    messages: list[dict[str, str]]
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.image is None else 1
+
+
+def parse_record(
+    record: Any, add_missing_image_token: bool = False, single_exchange: bool = False
+) -> Conversation:
+    """Validates one LLaVA record and normalises its ``<image>`` placeholder.
+
+    ``single_exchange`` demands exactly one human + gpt pair (the ``plain`` pretraining template
+    concatenates answers, as LLaVA's ``preprocess_plain`` asserts). ``add_missing_image_token`` puts ``<image>\\n`` in front of the first human turn of an image
+    record that has none (otherwise that record is an ``image_without_placeholder`` error).
+    """
+    if not isinstance(record, dict):
+        raise RecordError("not_an_object", f"got a JSON {type(record).__name__}")
+    record_id = None if record.get("id") is None else str(record["id"])
+    image = _image_field(record)
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise RecordError("missing_conversations", f"'conversations' is {turns!r:.80}")
+
+    messages: list[dict[str, str]] = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise RecordError("bad_turn", f"turn {i} is {turn!r:.80}")
+        source = turn.get("from")
+        role = _USER_ROLES.get(source) or _ASSISTANT_ROLES.get(source)
+        if source == "system" and i == 0:
+            role = "system"
+        if role is None:
+            raise RecordError("bad_turn", f"turn {i} has unknown role 'from': {source!r}")
+        messages.append({"role": role, "content": turn["value"]})
+
+    dialogue = messages[1:] if messages[0]["role"] == "system" else messages
+    for i, message in enumerate(dialogue):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise RecordError(
+                "wrong_turn_order",
+                f"turn {i} is a {message['role']} turn where a {expected} turn belongs",
+            )
+        if not message["content"].strip() and IMAGE_TOKEN not in message["content"]:
+            raise RecordError("empty_turn", f"turn {i} ({message['role']}) is empty")
+    if not dialogue or dialogue[-1]["role"] != "assistant":
+        raise RecordError("wrong_turn_order", "the conversation does not end with a gpt turn")
+    if not dialogue[-1]["content"].strip() or any(
+        m["role"] == "assistant" and not m["content"].strip() for m in dialogue
+    ):
+        raise RecordError("empty_turn", "an assistant turn is empty: nothing to learn")
+
+    if single_exchange and len(dialogue) != 2:
+        raise RecordError("not_single_exchange", f"{len(dialogue)} turns")
+    _normalise_placeholder(dialogue, image, add_missing_image_token)
+    return Conversation(id=record_id, image=image, messages=messages)
+
+
+def _image_field(record: dict) -> str | None:
+    image = record.get("image")
+    if isinstance(image, list) and len(image) == 1:
+        image = image[0]  # some exports wrap a single image in a list
+    if image is None:
+        return None
+    if not isinstance(image, str) or not image.strip():
+        raise RecordError("bad_image_field", f"'image' is {image!r:.80}")
+    return image
+
+
+def _normalise_placeholder(
+    dialogue: list[dict[str, str]], image: str | None, add_missing: bool
+) -> None:
+    counts = [m["content"].count(IMAGE_TOKEN) for m in dialogue]
+    total = sum(counts)
+    if image is None:
+        if total:
+            raise RecordError("placeholder_without_image", f"{total} <image> in a text-only record")
+        return
+    if total == 0:
+        if not add_missing:
+            raise RecordError("image_without_placeholder", f"image {image!r} is never referenced")
+        counts[0] = 1
+        dialogue[0]["content"] = IMAGE_TOKEN + dialogue[0]["content"]
+    elif total != 1 or counts[0] != 1:
+        where = ", ".join(f"turn {i}: {c}" for i, c in enumerate(counts) if c)
+        raise RecordError("placeholder_count", f"one <image> expected in turn 0, found {where}")
+    # LLaVA: strip the placeholder wherever it is in the turn, then put "<image>\n" first.
+    text = dialogue[0]["content"].replace(IMAGE_TOKEN, "").strip()
+    dialogue[0]["content"] = f"{IMAGE_TOKEN}\n{text}"
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    """Token ids with one ``<image>`` id per image, and labels (``-100`` where not supervised)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def tokenize_conversation(
+    messages: Sequence[dict[str, str]],
+    tokenizer: PreTrainedTokenizerBase,
+    chat_template: str,
+    *,
+    max_length: int,
+    image_token_id: int,
+    num_images: int,
+    image_tokens: int,
+) -> TokenizedSample:
+    """Renders ``chat_template``, tokenises, builds labels and checks them.
+
+    Stored sequences keep one placeholder per image; the model expands each into
+    ``image_tokens`` positions, so the length checked against ``max_length`` is
+    ``len(input_ids) + num_images * (image_tokens - 1)``. An over-long sample keeps its longest
+    prefix of whole exchanges that fits (``truncated``); if not even one fits it is ``too_long``.
+    """
+    out = tokenizer.apply_chat_template(
+        list(messages),
+        chat_template=chat_template,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if ids.count(image_token_id) != num_images:
+        raise RecordError(
+            "placeholder_tokenization",
+            f"{ids.count(image_token_id)} <image> tokens (id {image_token_id}) for {num_images} "
+            "image(s): the tokenizer must treat <image> as one special token",
+        )
+    spans = _supervised_spans(mask)
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    if len(spans) != len(answers):
+        raise RecordError(
+            "mask_mismatch",
+            f"{len(spans)} supervised spans for {len(answers)} assistant turns; the template's "
+            "{% generation %} markers do not line up with the tokenizer's tokens",
+        )
+    for (start, end), answer in zip(spans, answers, strict=True):
+        got = tokenizer.decode(ids[start:end], skip_special_tokens=True).strip()
+        if got != answer.strip():
+            raise RecordError(
+                "mask_mismatch",
+                f"supervised tokens read {got!r:.60}, answer is {answer.strip()!r:.60}",
+            )
+
+    extra = num_images * (image_tokens - 1)
+    truncated = False
+    if len(ids) + extra > max_length:
+        fitting = [end for _, end in spans if end + extra <= max_length]
+        if not fitting:
+            raise RecordError(
+                "too_long",
+                f"{len(ids)} tokens + {extra} for images > max_length {max_length}, "
+                f"and the first answer ends at {spans[0][1] + extra}",
+            )
+        # The templates only append, so a prefix ending after an answer is that shorter chat.
+        ids, mask, truncated = ids[: fitting[-1]], mask[: fitting[-1]], True
+    labels = [i if m else IGNORE_INDEX for i, m in zip(ids, mask, strict=True)]
+    return TokenizedSample(input_ids=ids, labels=labels, truncated=truncated)
+
+
+def _supervised_spans(mask: Sequence[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of 1 in ``mask`` as ``(start, end)`` with ``end`` exclusive."""
+    spans, pos = [], 0
+    for value, run in itertools.groupby(mask):
+        length = len(list(run))
+        if value:
+            spans.append((pos, pos + length))
+        pos += length
+    return spans
