@@ -65,8 +65,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise SpecError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+        raise SpecError(
+            f"--set {text!r}: the value is not valid YAML ({_yaml_problem(err)})"
+        ) from err
     return key.strip().split("."), value
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (getattr(err, "problem", None) or str(err).splitlines()[0])
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -96,7 +104,7 @@ def load_spec(cls: type[SpecT], path: str | os.PathLike | None, overrides: list[
         except FileNotFoundError as err:
             raise SpecError(f"spec file {source} does not exist") from err
         except yaml.YAMLError as err:
-            raise SpecError(f"{source} is not valid YAML: {err}") from err
+            raise SpecError(f"{source} is not valid YAML: {_yaml_problem(err)}") from err
         if not isinstance(data, dict):
             raise SpecError(f"{source}: a spec is a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, list(overrides))

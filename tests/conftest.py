@@ -29,3 +29,28 @@ def tiny():
 def uint8_images():
     gen = torch.Generator().manual_seed(1)
     return torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8, generator=gen)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local 2-CPU Ray for the whole session (loopback only); yields its GCS address so a
+    second driver (a CLI subprocess) can join it."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths have a length limit
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
