@@ -109,30 +109,32 @@ def local_copy(
     patterns: tuple[str, ...] = ("*",),
     cache_root: str | None = None,
 ) -> str:
-    """A local directory with the files of ``url`` whose names match ``patterns``; local paths
-    are returned unchanged, S3 prefixes are downloaded once into a cache keyed by URL and
-    patterns (a later call with other patterns downloads those too)."""
+    """A local directory with the files of ``url`` whose names match ``patterns``. Local paths
+    are returned unchanged; S3 prefixes are downloaded into a cache keyed by the listing (names,
+    sizes, ETags), so a changed object is fetched again and an unchanged one only once."""
     if not is_s3(url):
         return fs_path(url)
+    fs = filesystem(url, storage)
+    prefix = fs_path(url).rstrip("/") + "/"
+    fs.invalidate_cache(prefix.rstrip("/"))
+    listing = {
+        path[len(prefix) :]: info
+        for path, info in fs.find(prefix, detail=True).items()
+        if any(fnmatch.fnmatch(posixpath.basename(path), p) for p in patterns)
+    }
+    if not listing:
+        raise FileNotFoundError(f"{url} has no files matching {', '.join(patterns)}")
+    identity = sorted((rel, info.get("size"), info.get("ETag")) for rel, info in listing.items())
+    key = hashlib.sha256(repr((url, identity)).encode()).hexdigest()[:16]
     root = cache_root or os.path.join(
         os.environ.get("STF_CACHE", os.path.expanduser("~/.cache/stf")), "s3"
     )
-    target = os.path.join(root, url[len("s3://") :].strip("/"))
-    key = hashlib.sha256(repr(patterns).encode()).hexdigest()[:12]
-    marker = os.path.join(target, f".complete-{key}")
-    if not os.path.exists(marker):
-        fs = filesystem(url, storage)
-        prefix = fs_path(url).rstrip("/") + "/"
-        fetched = 0
-        for path in fs.find(prefix):
-            rel = path[len(prefix) :]
-            if any(fnmatch.fnmatch(posixpath.basename(rel), p) for p in patterns):
-                dest = os.path.join(target, rel)
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                fs.get_file(path, f"{dest}.part")
-                os.replace(f"{dest}.part", dest)
-                fetched += 1
-        if not fetched:
-            raise FileNotFoundError(f"{url} has no files matching {', '.join(patterns)}")
-        open(marker, "w").close()
+    target = os.path.join(root, key)
+    if not os.path.exists(os.path.join(target, ".complete")):
+        for rel in listing:
+            dest = os.path.join(target, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            fs.get_file(prefix + rel, f"{dest}.part")
+            os.replace(f"{dest}.part", dest)
+        open(os.path.join(target, ".complete"), "w").close()
     return target
