@@ -33,7 +33,12 @@ test-slow: install
 test-gpu: install
 	$(PY) -m pytest -q -m gpu
 
+# The embedded default, end to end so far: synthetic corpus -> Ray Data preprocessing (local Ray,
+# local files) -> the tiny model's forward/generate smoke test.
 demo: install
+	$(PY) -m pipelines.cli synth --out demo_out/corpus --n 500
+	$(PY) -m pipelines.cli preprocess examples/preprocess-pretrain.yaml
+	$(PY) -m pipelines.cli preprocess examples/preprocess-finetune.yaml
 	$(PY) examples/model_smoke.py
 
 lint: install
@@ -46,6 +51,7 @@ format: install
 
 bench: install
 	$(PY) bench/prefill.py
+	$(PY) bench/preprocess.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -203,8 +203,8 @@ class RecordProcessor:
         self.image_processor = build_image_processor(self.model.config, spec.image_aspect)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        parsed = [self._parse(row) for row in batch.to_pylist()]
-        images = self._fetch_images([p.url for p in parsed if p.url is not None])
+        parsed = [self.parse(row) for row in batch.to_pylist()]
+        images = self.fetch_images([p.url for p in parsed if p.url is not None])
         out = []
         for row, item in zip(batch.to_pylist(), parsed, strict=True):
             base = {"source": row["source"], "index": row["index"], "line": row["line"]}
@@ -215,7 +215,7 @@ class RecordProcessor:
             try:
                 if item.error is not None:
                     raise item.error
-                out.append({**base, "status": "ok", **self._sample(item, images)})
+                out.append({**base, "status": "ok", **self.sample(item, images)})
             except RecordError as err:
                 out.append({**base, "status": "error", "reason": err.reason, "detail": err.detail})
             except Exception as err:  # a bug, not bad input: fail loudly, naming the record
@@ -224,7 +224,7 @@ class RecordProcessor:
                 ) from err
         return pa.Table.from_pylist(out, schema=PROCESSED_SCHEMA)
 
-    def _parse(self, row: dict) -> Parsed:
+    def parse(self, row: dict) -> Parsed:
         if row["file_records"] is not None:
             return Parsed(file_records=row["file_records"])
         if row["error"] is not None:
@@ -250,7 +250,7 @@ class RecordProcessor:
         record_id = record_id or f"{posixpath.basename(row['source'])}:{row['line']}"
         return Parsed(record_id=record_id, conversation=conversation, url=url)
 
-    def _fetch_images(self, wanted: list[str]) -> dict[str, bytes | Exception]:
+    def fetch_images(self, wanted: list[str]) -> dict[str, bytes | Exception]:
         """Reads every image of the batch; S3 reads run concurrently (one round trip, not N)."""
         urls = sorted(set(wanted))
         if not urls:
@@ -268,7 +268,7 @@ class RecordProcessor:
                 result[url] = err
         return result
 
-    def _sample(self, item: Parsed, images: dict) -> dict[str, Any]:
+    def sample(self, item: Parsed, images: dict) -> dict[str, Any]:
         conversation, url, pixels = item.conversation, item.url, None
         if url is not None:
             data = images[url]
@@ -344,19 +344,23 @@ def run(spec: PreprocessSpec) -> dict[str, Any]:
     init_ray()
     started = time.time()
     workers = spec.workers or max(1, int(cluster_cpus() / spec.cpus_per_worker))
-    records = ray.data.read_datasource(LlavaRecordsDatasource(files, storage))
+    # Reading record text and writing Parquet are light next to decoding images; they reserve no
+    # CPU so that a pool using every CPU cannot starve them (a deadlock on small machines).
+    records = ray.data.read_datasource(LlavaRecordsDatasource(files, storage), num_cpus=0)
     processed = records.map_batches(
         RecordProcessor,
         fn_constructor_args=(spec,),
         batch_format="pyarrow",
         batch_size=spec.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=spec.cpus_per_worker,
     )
     sink = ShardsDatasink(
         spec.output, storage, spec.rows_per_shard, image_bytes=3 * model.image_size**2
     )
-    processed.write_datasink(sink)
+    processed.write_datasink(
+        sink, ray_remote_args={"num_cpus": 0}, concurrency=max(1, workers // 2)
+    )
     summary = sink.summary
     elapsed = time.time() - started
 
