@@ -15,14 +15,17 @@ import logging
 import os
 import posixpath
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
+import ray
 import yaml
 from pydantic import Field, PositiveInt, field_validator
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from pipelines.llava_source import LlavaRecordsDatasource
+from pipelines.ray_env import cluster_cpus, init_ray
 from pipelines.shards import (
     MANIFEST,
     PROCESSED_SCHEMA,
@@ -38,7 +41,6 @@ from pipelines.storage import (
     is_s3,
     join,
     local_copy,
-    read_json,
     remove_tree,
     write_json_atomic,
 )
@@ -189,7 +191,7 @@ class Parsed:
     conversation: Conversation | None = None
     url: str | None = None
     error: RecordError | None = None
-    file_records: int | None = field(default=None)
+    file_records: int | None = None
 
 
 class RecordProcessor:
@@ -203,25 +205,28 @@ class RecordProcessor:
         self.image_processor = build_image_processor(self.model.config, spec.image_aspect)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        parsed = [self.parse(row) for row in batch.to_pylist()]
+        rows = batch.to_pylist()
+        parsed = [self.parse(row) for row in rows]
         images = self.fetch_images([p.url for p in parsed if p.url is not None])
         out = []
-        for row, item in zip(batch.to_pylist(), parsed, strict=True):
+        for row, item in zip(rows, parsed, strict=True):
             base = {"source": row["source"], "index": row["index"], "line": row["line"]}
             if item.file_records is not None:
                 out.append({**base, "status": "count", "file_records": item.file_records})
                 continue
             base["id"] = item.record_id
-            try:
-                if item.error is not None:
-                    raise item.error
-                out.append({**base, "status": "ok", **self.sample(item, images)})
-            except RecordError as err:
-                out.append({**base, "status": "error", "reason": err.reason, "detail": err.detail})
-            except Exception as err:  # a bug, not bad input: fail loudly, naming the record
-                raise RuntimeError(
-                    f"{row['source']} line {row['line']} (id {item.record_id}): {err!r}"
-                ) from err
+            error = item.error
+            if error is None:
+                try:
+                    out.append({**base, "status": "ok", **self.sample(item, images)})
+                    continue
+                except RecordError as err:
+                    error = err
+                except Exception as err:  # a bug, not bad input: fail loudly, naming the record
+                    raise RuntimeError(
+                        f"{row['source']} line {row['line']} (id {item.record_id}): {err!r}"
+                    ) from err
+            out.append({**base, "status": "error", "reason": error.reason, "detail": error.detail})
         return pa.Table.from_pylist(out, schema=PROCESSED_SCHEMA)
 
     def parse(self, row: dict) -> Parsed:
@@ -251,18 +256,19 @@ class RecordProcessor:
         return Parsed(record_id=record_id, conversation=conversation, url=url)
 
     def fetch_images(self, wanted: list[str]) -> dict[str, bytes | Exception]:
-        """Reads every image of the batch; S3 reads run concurrently (one round trip, not N)."""
+        """Reads every image of the batch, or the error reading it; S3 reads run concurrently
+        (one round of requests per batch, not one per image)."""
         urls = sorted(set(wanted))
-        if not urls:
-            return {}
-        fs = filesystem(urls[0], self.spec.storage)
-        if is_s3(urls[0]):
-            got = fs.cat([fs_path(u) for u in urls], on_error="return")
-            return {u: got.get(fs_path(u), FileNotFoundError(u)) for u in urls}
         result: dict[str, bytes | Exception] = {}
-        for url in urls:
+        remote = [u for u in urls if is_s3(u)]
+        if remote:
+            got = filesystem(remote[0], self.spec.storage).cat(
+                [fs_path(u) for u in remote], on_error="return"
+            )
+            result.update({u: got.get(fs_path(u), FileNotFoundError(u)) for u in remote})
+        for url in (u for u in urls if not is_s3(u)):
             try:
-                with open(url, "rb") as f:
+                with open(fs_path(url), "rb") as f:
                     result[url] = f.read()
             except OSError as err:
                 result[url] = err
@@ -314,28 +320,24 @@ def fingerprint(spec: PreprocessSpec, files: list[tuple[str, int]], model: Model
 def run(spec: PreprocessSpec) -> dict[str, Any]:
     """Runs the job and returns its manifest; raises :class:`PreprocessFailed` (after writing the
     quarantine and a ``failed`` manifest) when the output must not be used."""
-    import ray
-
-    from pipelines.llava_source import LlavaRecordsDatasource
-    from pipelines.ray_env import cluster_cpus, init_ray
-
     storage = spec.storage
     files = expand_inputs(spec.inputs, storage)
     model = load_model_inputs(spec)
-    print_ = fingerprint(spec, files, model)
+    run_fingerprint = fingerprint(spec, files, model)
     manifest_url = join(spec.output, MANIFEST)
 
-    previous = read_json(manifest_url, storage)
-    if previous and previous.get("fingerprint") == print_ and not spec.overwrite:
+    if not spec.overwrite:
         try:
-            manifest = read_manifest(spec.output, storage)
-            if _all_listed_files_exist(spec.output, manifest, storage):
-                log.info(
-                    "%s is complete for this spec (fingerprint %s): skipped", spec.output, print_
-                )
-                return {**manifest, "skipped": True}
+            previous = read_manifest(spec.output, storage)
         except (ValueError, FileNotFoundError):
-            pass  # failed or incomplete: rebuild below
+            previous = None  # none, failed, unfinished or another schema: rebuild below
+        if (
+            previous is not None
+            and previous["fingerprint"] == run_fingerprint
+            and _all_listed_files_exist(spec.output, previous, storage)
+        ):
+            log.info("%s is complete for this spec (%s): skipped", spec.output, run_fingerprint)
+            return {**previous, "skipped": True}
     # Invalidate first (the manifest is the commit point), then clear what earlier runs left.
     _remove_file(manifest_url, storage)
     for folder in ("shards", "quarantine"):
@@ -364,8 +366,7 @@ def run(spec: PreprocessSpec) -> dict[str, Any]:
     summary = sink.summary
     elapsed = time.time() - started
 
-    manifest = _manifest(spec, files, model, print_, summary, elapsed)
-    manifest["schema_version"] = SCHEMA_VERSION
+    manifest = _manifest(spec, files, model, run_fingerprint, summary, elapsed)
     _write_text(join(spec.output, "spec.yaml"), yaml.safe_dump(spec.resolved()), storage)
     _remove_unlisted(spec.output, manifest, storage)
     write_json_atomic(manifest_url, manifest, storage)
@@ -374,7 +375,14 @@ def run(spec: PreprocessSpec) -> dict[str, Any]:
     return manifest
 
 
-def _manifest(spec, files, model: ModelInputs, print_: str, summary: dict, elapsed: float) -> dict:
+def _manifest(
+    spec: PreprocessSpec,
+    files: list[tuple[str, int]],
+    model: ModelInputs,
+    run_fingerprint: str,
+    summary: dict,
+    elapsed: float,
+) -> dict:
     read = sum(summary["read"].values())
     written = sum(summary["written"].values())
     quarantined = sum(summary["quarantined"].values())
@@ -406,9 +414,10 @@ def _manifest(spec, files, model: ModelInputs, print_: str, summary: dict, elaps
             f"{spec.max_error_rate:.1%}): {top}; see {join(spec.output, 'quarantine')}"
         )
     return {
+        "schema_version": SCHEMA_VERSION,
         "status": "failed" if failures else "complete",
         "failure": "; ".join(failures) or None,
-        "fingerprint": print_,
+        "fingerprint": run_fingerprint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(elapsed, 2),
         "counts": {

@@ -128,20 +128,23 @@ class ShardsDatasink(Datasink[dict]):
         return parts
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:
-        summary: dict[str, Any] = {"shards": [], "quarantine": [], "truncated": 0, "tokens": 0}
-        summary["supervised"] = 0
-        for key in ("read", "written", "quarantined", "reasons", "modality"):
-            summary[key] = Counter()
+        lists, counters = (
+            ("shards", "quarantine"),
+            ("read", "written", "quarantined", "reasons", "modality"),
+        )
+        summary: dict[str, Any] = {key: [] for key in lists}
+        summary.update({key: Counter() for key in counters})
+        summary.update(truncated=0, tokens=0, supervised=0)
         for part in write_result.write_returns:
             for key, value in part.items():
-                if isinstance(summary[key], list):
+                if key in lists:
                     summary[key].extend(value)
-                elif isinstance(summary[key], Counter):
+                elif key in counters:
                     summary[key].update(value)
                 else:
                     summary[key] += value
-        summary["shards"].sort(key=lambda p: p["path"])
-        summary["quarantine"].sort(key=lambda p: p["path"])
+        for key in lists:
+            summary[key].sort(key=lambda p: p["path"])
         self.summary = summary
 
 

@@ -97,6 +97,7 @@ def parse_record(
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
             raise RecordError("bad_turn", f"turn {i} is {turn!r:.80}")
         source = turn.get("from")
+        source = source if isinstance(source, str) else repr(source)
         role = _USER_ROLES.get(source) or _ASSISTANT_ROLES.get(source)
         if source == "system" and i == 0:
             role = "system"
@@ -116,10 +117,6 @@ def parse_record(
             raise RecordError("empty_turn", f"turn {i} ({message['role']}) is empty")
     if not dialogue or dialogue[-1]["role"] != "assistant":
         raise RecordError("wrong_turn_order", "the conversation does not end with a gpt turn")
-    if not dialogue[-1]["content"].strip() or any(
-        m["role"] == "assistant" and not m["content"].strip() for m in dialogue
-    ):
-        raise RecordError("empty_turn", "an assistant turn is empty: nothing to learn")
 
     if single_exchange and len(dialogue) != 2:
         raise RecordError("not_single_exchange", f"{len(dialogue)} turns")
@@ -213,8 +210,10 @@ def tokenize_conversation(
             "{% generation %} markers do not line up with the tokenizer's tokens",
         )
     for (start, end), answer in zip(spans, answers, strict=True):
+        # Compared modulo whitespace: tokenizers may normalise spaces when decoding, but a span
+        # that covers other text than the answer is a real mismatch.
         got = tokenizer.decode(ids[start:end], skip_special_tokens=True).strip()
-        if got != answer.strip():
+        if got.split() != answer.split():
             raise RecordError(
                 "mask_mismatch",
                 f"supervised tokens read {got!r:.60}, answer is {answer.strip()!r:.60}",

@@ -59,6 +59,7 @@ def test_missing_placeholder_can_be_added_on_request():
         ({"conversations": "hi"}, "missing_conversations"),
         ({"conversations": [{"from": "human"}]}, "bad_turn"),
         ({"conversations": [{"from": "robot", "value": "x"}]}, "bad_turn"),
+        ({"conversations": [{"from": ["human"], "value": "x"}]}, "bad_turn"),
         ({"conversations": turns("a", "b", "c")}, "wrong_turn_order"),
         ({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]},
          "wrong_turn_order"),

@@ -36,3 +36,14 @@ def test_eval_answers_come_from_the_image(tmp_path):
             pixel = Image.open(tmp_path / q["image"]).convert("RGB").getpixel((x, y))
             expected = COLORS[q["answer"]]
             assert sum(abs(a - b) for a, b in zip(pixel, expected, strict=True)) < 90, (q, pixel)
+
+
+def test_cli_writes_the_corpus_and_reports_the_baselines(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--n", "12", "--image-size", "64x48"]) == 0
+    out = capsys.readouterr().out
+    assert "12 captions" in out and "chance" in out
+    assert json.loads((tmp_path / "synth.json").read_text())["image_size"] == [64, 48]
+    assert Image.open(tmp_path / "images" / "train" / "000000.jpg").size == (64, 48)
+    assert main(["synth", "--out", str(tmp_path), "--n", "0"]) == 2  # a clear error, no traceback
