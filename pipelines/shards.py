@@ -89,11 +89,9 @@ class ShardsDatasink(Datasink[dict]):
         ok = table.filter(pc.equal(status, "ok"))
         bad = table.filter(pc.equal(status, "error"))
         counts = table.filter(pc.equal(status, "count"))
-        result: dict[str, Any] = {
-            "shards": self._write_parts("shards", prefix, ok.select(SHARD_SCHEMA.names)),
-            "quarantine": self._write_parts(
-                "quarantine", prefix, bad.select(QUARANTINE_SCHEMA.names)
-            ),
+        return {
+            "shards": self._write_parts("shards", prefix, ok, SHARD_SCHEMA),
+            "quarantine": self._write_parts("quarantine", prefix, bad, QUARANTINE_SCHEMA),
             "read": _tally(counts, "source", weights=counts.column("file_records").to_pylist()),
             "written": _tally(ok, "source"),
             "quarantined": _tally(bad, "source"),
@@ -103,9 +101,10 @@ class ShardsDatasink(Datasink[dict]):
             "tokens": int(pc.sum(ok.column("length")).as_py() or 0),
             "supervised": int(pc.sum(ok.column("num_supervised")).as_py() or 0),
         }
-        return result
 
-    def _write_parts(self, folder: str, prefix: str, table: pa.Table) -> list[dict]:
+    def _write_parts(
+        self, folder: str, prefix: str, table: pa.Table, schema: pa.Schema
+    ) -> list[dict]:
         parts = []
         fs = filesystem(self._output, self._storage)
         # Ray hands us at least rows_per_shard rows (more when blocks do not divide evenly):
@@ -119,7 +118,7 @@ class ShardsDatasink(Datasink[dict]):
             fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             with fs.open(path, "wb") as f:
                 pq.write_table(
-                    part.cast(SHARD_SCHEMA if folder == "shards" else QUARANTINE_SCHEMA),
+                    part.select(schema.names).cast(schema),
                     f,
                     row_group_size=self._row_group,
                     compression="zstd",
