@@ -10,7 +10,10 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 # Job name -> "module:SpecClass"; imported lazily so `stf --help` stays fast.
-SPECS = {"preprocess": "pipelines.preprocess:PreprocessSpec"}
+SPECS = {
+    "preprocess": "pipelines.preprocess:PreprocessSpec",
+    "train": "pipelines.train:TrainSpec",
+}
 
 
 def _spec_class(job: str):
@@ -83,6 +86,21 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.spec import load_spec
+    from pipelines.train import TrainSpec, run
+
+    spec = load_spec(TrainSpec, args.spec, args.overrides)
+    summary = run(spec)
+    metrics = summary["metrics"] or {}
+    loss = metrics.get("loss")
+    print(
+        f"train {spec.name}: {metrics.get('step', '?')} steps, last loss "
+        f"{loss if loss is None else f'{loss:.4f}'}; model in {summary['model']}"
+    )
+    return 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from pipelines.synth import write_corpus
 
@@ -148,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_spec_args(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
+
+    train = verbs.add_parser(
+        "train", help="train one stage with Ray Train + DeepSpeed ZeRO-1/2 (resumes by name)"
+    )
+    _add_spec_args(train)
+    train.set_defaults(func=_cmd_train)
 
     synth = verbs.add_parser("synth", help="write the synthetic shapes corpus (demo, tests)")
     synth.add_argument("--out", required=True, help="output directory")

@@ -56,6 +56,7 @@ from stf_model import (
 from stf_model.constants import IMAGE_TOKEN
 from stf_model.processing import decode_image
 from stf_model.records import Conversation, RecordError, parse_record, tokenize_conversation
+from stf_model.tokenizer import tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +162,12 @@ def load_model_inputs(spec: PreprocessSpec) -> ModelInputs:
             f"config expects {config.image_token_index}; the tokenizer must have {IMAGE_TOKEN} "
             "as one special token (`stf convert` adds it)"
         )
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab())
     return ModelInputs(
         tokenizer=tokenizer,
         config=config,
         image_token_id=image_token_id,
         image_tokens=spec.image_tokens or config.num_image_tokens,
-        tokenizer_fingerprint=hashlib.sha256(vocab.encode()).hexdigest()[:16],
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
 
 

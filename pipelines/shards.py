@@ -14,6 +14,7 @@ on S3 alike (S3 has no atomic rename; one PUT of the manifest is atomic).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -22,8 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from ray.data.block import Block, BlockAccessor
-from ray.data.datasource import Datasink, WriteResult
+from ray.data.block import Block, BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasink, Datasource, ReadTask, WriteResult
 
 from pipelines.spec import StorageOptions
 from pipelines.storage import filesystem, fs_path, join, read_json
@@ -180,3 +181,45 @@ def read_manifest(output: str, storage: StorageOptions | None = None) -> dict[st
 def shard_urls(output: str, manifest: dict[str, Any], folder: str = "shards") -> list[str]:
     """Full URLs of the files a manifest lists (``shards`` or ``quarantine``)."""
     return [join(output, part["path"]) for part in manifest[folder]]
+
+
+class ShardsDatasource(Datasource):
+    """Reads the shard files a manifest lists, one read task per file, one block per row group.
+
+    ``ray.data.read_parquet`` first lists files in a task that needs a whole CPU; under Ray Train
+    the workers already hold every CPU of a small cluster, so that task would never run. The files
+    are known from the manifest, so this reads them directly, reserving no CPU."""
+
+    def __init__(self, urls: list[str], storage: StorageOptions):
+        super().__init__()
+        self._urls = urls
+        self._storage = storage
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        return [
+            ReadTask(
+                functools.partial(_read_row_groups, url, self._storage),
+                BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=[url]),
+            )
+            for url in self._urls
+        ]
+
+
+def _read_row_groups(url: str, storage: StorageOptions):
+    fs = filesystem(url, storage)
+    with fs.open(fs_path(url), "rb") as f:
+        parquet = pq.ParquetFile(f)
+        for group in range(parquet.num_row_groups):
+            yield parquet.read_row_group(group)
+
+
+def read_shards(outputs: list[str], storage: StorageOptions | None = None):
+    """A Ray Dataset over the shards of finished preprocessing outputs (manifests checked)."""
+    import ray
+
+    storage = storage or StorageOptions()
+    urls = [url for out in outputs for url in shard_urls(out, read_manifest(out, storage))]
+    return ray.data.read_datasource(ShardsDatasource(urls, storage), num_cpus=0)

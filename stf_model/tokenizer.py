@@ -6,8 +6,11 @@ fixed text; byte-level BPE still encodes any input. Real models use their own to
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from stf_model.chat_templates import get_chat_template
 from stf_model.constants import IMAGE_TOKEN
@@ -62,3 +65,11 @@ def build_tiny_tokenizer(
     )
     fast.chat_template = get_chat_template(chat_template)
     return fast
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A short hash of the vocabulary and merges: shards record it, the trainer compares it with
+    the model's tokenizer, so token ids never silently mean different words."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab())
+    return hashlib.sha256(vocab.encode()).hexdigest()[:16]
