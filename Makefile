@@ -33,13 +33,15 @@ test-slow: install
 test-gpu: install
 	$(PY) -m pytest -q -m gpu
 
-# The embedded default, end to end so far: synthetic corpus -> Ray Data preprocessing (local Ray,
-# local files) -> the tiny model's forward/generate smoke test.
+# The embedded default, end to end: synthetic corpus -> Ray Data preprocessing -> Ray Train +
+# DeepSpeed pretrain -> finetune (2 CPU workers, tiny model) -> accuracy on the held-out split.
 demo: install
-	$(PY) -m pipelines.cli synth --out demo_out/corpus --n 500
+	$(PY) -m pipelines.cli synth --out demo_out/corpus --n 1000
 	$(PY) -m pipelines.cli preprocess examples/preprocess-pretrain.yaml
 	$(PY) -m pipelines.cli preprocess examples/preprocess-finetune.yaml
-	$(PY) examples/model_smoke.py
+	$(PY) -m pipelines.cli train examples/train-pretrain.yaml
+	$(PY) -m pipelines.cli train examples/train-finetune.yaml
+	$(PY) examples/demo_eval.py demo_out/runs/finetune/model demo_out/corpus/eval.jsonl
 
 lint: install
 	$(PY) -m ruff check .

@@ -35,6 +35,7 @@ from pipelines.shards import (
 )
 from pipelines.spec import JobSpec, StorageOptions
 from pipelines.storage import (
+    absolute,
     expand_inputs,
     filesystem,
     fs_path,
@@ -115,6 +116,21 @@ class PreprocessSpec(JobSpec):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("inputs")
+    @classmethod
+    def _absolute_inputs(cls, value: list[str]) -> list[str]:
+        return [absolute(v) for v in value]
+
+    @field_validator("output", "image_root")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else absolute(value)
+
+    @field_validator("model")
+    @classmethod
+    def _absolute_model_dir(cls, value: str) -> str:
+        return value if value in PRESETS else absolute(value)
 
     def fingerprint_fields(self) -> dict[str, Any]:
         return {k: v for k, v in self.resolved().items() if k not in EXECUTION_ONLY}

@@ -37,6 +37,12 @@ def fs_path(url: str) -> str:
     return url[len("s3://") :] if is_s3(url) else os.path.abspath(os.path.expanduser(url))
 
 
+def absolute(url: str) -> str:
+    """Local paths made absolute (workers on other nodes or in other folders must read the same
+    place); ``s3://`` URLs unchanged."""
+    return url if is_s3(url) else os.path.abspath(os.path.expanduser(url))
+
+
 def to_url(url_like: str, path: str) -> str:
     """Inverse of :func:`fs_path` for a path found on the same filesystem as ``url_like``."""
     return f"s3://{path}" if is_s3(url_like) else path

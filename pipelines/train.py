@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from ray.train.torch import TorchTrainer
 from pipelines.ray_env import init_ray
 from pipelines.shards import ShardsDatasource, read_manifest, shard_urls
 from pipelines.spec import JobSpec, StorageOptions
-from pipelines.storage import filesystem, fs_path, is_s3, join, local_copy
+from pipelines.storage import absolute, filesystem, fs_path, is_s3, join, local_copy
 from stf_model import (
     PRESETS,
     STFConfig,
@@ -123,6 +124,21 @@ class TrainSpec(JobSpec):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("data")
+    @classmethod
+    def _absolute_data(cls, value: list[str]) -> list[str]:
+        return [absolute(v) for v in value]
+
+    @field_validator("storage_path", "init_from")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else absolute(value)
+
+    @field_validator("model")
+    @classmethod
+    def _absolute_model_dir(cls, value: str) -> str:
+        return value if value in PRESETS else absolute(value)
 
     @model_validator(mode="after")
     def _precision_needs_gpu(self) -> TrainSpec:
@@ -299,6 +315,9 @@ def train_loop(config: dict[str, Any]) -> None:
             counts["frozen"],
         )
     params = [p for p in model.parameters() if p.requires_grad]
+    projector_params = [
+        p for p in model.model.multi_modal_projector.parameters() if p.requires_grad
+    ]
     optimizer = torch.optim.AdamW(
         params, lr=spec.lr, betas=spec.optimizer.betas, eps=spec.optimizer.eps,
         weight_decay=spec.optimizer.weight_decay,
@@ -341,18 +360,29 @@ def train_loop(config: dict[str, Any]) -> None:
         )
         micro_batches = length_grouped_batches(rows, micro, spec.group_window, rng)
         usable = plan["micro_per_epoch"]
-        for index, group in enumerate(micro_batches):
-            if index >= usable or state["step"] >= total:
+        last = time.perf_counter()
+        for index in itertools.count():
+            group = next(micro_batches, None) if index < usable else None
+            # Every rank must run the same number of collectives: stop the epoch on all ranks as
+            # soon as any rank runs out of rows (equal splits make this rare, not impossible).
+            if not _all_ranks_have(group is not None, device) or state["step"] >= total:
                 break
             if index < state["micro_in_epoch"]:
                 continue  # consumed before the checkpoint we resumed from
             batch = {k: v.to(device) for k, v in collate(group, **collate_args).items()}
+            data_s = time.perf_counter() - last  # waiting for rows + collating
             loss = engine(**batch).loss
+            if "pixel_values" not in batch:
+                # A text-only batch leaves the projector without gradients, and ZeRO's gradient
+                # buckets would then differ between ranks. As LLaVA does, touch those weights
+                # with a zero-weighted term so every rank reduces the same tensors.
+                loss = loss + 0.0 * sum(p.sum() for p in projector_params)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
             state["micro_in_epoch"] = index + 1
-            meter.add(loss.item(), batch, micro)
+            meter.add(loss.item(), batch, micro, data_s)
+            last = time.perf_counter()
             if not boundary:
                 continue
             state["step"] += 1
@@ -367,6 +397,17 @@ def train_loop(config: dict[str, Any]) -> None:
     meter.close()
     if rank == 0:
         _export(engine.module, tokenizer, spec)
+
+
+def _all_ranks_have(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` holds on every rank (one tiny all-reduce)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
 
 
 def _report_with_checkpoint(engine, state: dict, metrics: dict | None, rank: int) -> None:
@@ -386,6 +427,7 @@ class _Meter:
     def __init__(self, spec: TrainSpec, plan: dict, rank: int):
         self.spec, self.plan, self.rank = spec, plan, rank
         self.window_loss, self.window_samples, self.window_tokens = [], 0, 0
+        self.window_data_s = 0.0
         self.started = time.perf_counter()
         self.bar = self.csv = self.writer = None
         if rank != 0:
@@ -404,7 +446,8 @@ class _Meter:
         self.writer = SummaryWriter(os.path.join(self.local_dir, "tensorboard"))
         self.bar = tqdm(total=plan["total_steps"], desc=f"{spec.stage} {spec.name}", unit="step")
 
-    def add(self, loss: float, batch: dict, micro: int) -> None:
+    def add(self, loss: float, batch: dict, micro: int, data_s: float) -> None:
+        self.window_data_s += data_s
         self.window_loss.append(loss)
         self.window_samples += micro
         self.window_tokens += int(batch["attention_mask"].sum())
@@ -433,8 +476,10 @@ class _Meter:
             "tokens_per_s": tokens_per_s,
             "mfu": flops / peak if peak else float("nan"),
             "memory_gb": _memory_gb(),
+            "data_wait": self.window_data_s / elapsed,  # share of the time spent waiting for data
         }
         self.window_loss, self.window_samples, self.window_tokens = [], 0, 0
+        self.window_data_s = 0.0
         self.started = time.perf_counter()
         if self.rank == 0:
             self.csv.writerow([metrics[c] for c in METRIC_COLUMNS])
@@ -454,6 +499,7 @@ class _Meter:
 
 METRIC_COLUMNS = (
     "step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "mfu", "memory_gb",
+    "data_wait",
 )  # fmt: skip
 
 
