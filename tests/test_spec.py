@@ -1,5 +1,7 @@
 """Job specs: YAML + --set overrides, one-paragraph errors, secrets never written out."""
 
+import os
+
 import pytest
 
 from pipelines.cli import main
@@ -20,7 +22,11 @@ def test_yaml_plus_overrides_are_validated_together(tmp_path):
         path,
         ["max_length=512", "storage.endpoint_url=http://127.0.0.1:9", "inputs=[a, b]"],
     )
-    assert spec.inputs == ["a", "b"] and spec.max_length == 512
+    # Local paths become absolute (workers may run elsewhere); s3:// URLs stay as given.
+    assert spec.inputs == [os.path.abspath("a"), os.path.abspath("b")] and spec.max_length == 512
+    assert load_spec(PreprocessSpec, path, ["inputs=s3://bucket/x.jsonl"]).inputs == [
+        "s3://bucket/x.jsonl"
+    ]
     assert spec.storage.region == "eu-west-1"
     assert spec.storage.endpoint_url == "http://127.0.0.1:9"
 
