@@ -435,7 +435,10 @@ class _Meter:
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
-        self.local_dir = plan["local_log_dir"]
+        # Rank 0 may run on any node: it writes the logs where it runs and, for an S3 run,
+        # uploads them when the run ends.
+        s3 = is_s3(spec.run_dir)
+        self.local_dir = tempfile.mkdtemp(prefix="stf-logs-") if s3 else fs_path(spec.run_dir)
         os.makedirs(self.local_dir, exist_ok=True)
         path = os.path.join(self.local_dir, "metrics.csv")
         fresh = not os.path.exists(path)
@@ -491,10 +494,15 @@ class _Meter:
         return metrics
 
     def close(self) -> None:
-        if self.rank == 0:
-            self.bar.close()
-            self.writer.close()
-            self.csv_file.close()
+        """Closes the logs; rank 0 draws the loss curve and uploads the logs of an S3 run."""
+        if self.rank != 0:
+            return
+        self.bar.close()
+        self.writer.close()
+        self.csv_file.close()
+        _plot_loss(self.local_dir)
+        if is_s3(self.spec.run_dir):
+            _upload(self.local_dir, self.spec.run_dir, self.spec.storage)
 
 
 METRIC_COLUMNS = (
@@ -614,12 +622,6 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     plan, urls = plan_run(spec, config)
     preflight(spec, config)
     init_ray()
-    local_logs = (
-        tempfile.mkdtemp(prefix=f"stf-{spec.name}-")
-        if is_s3(spec.run_dir)
-        else fs_path(spec.run_dir)
-    )
-    plan["local_log_dir"] = local_logs
     fs = filesystem(spec.run_dir, spec.storage)
     fs.makedirs(fs_path(spec.run_dir), exist_ok=True)
     fs.pipe_file(fs_path(join(spec.run_dir, "spec.yaml")), yaml.safe_dump(spec.resolved()).encode())
@@ -638,9 +640,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         ),
         run_config=RunConfig(
             name=spec.name,
-            storage_path=spec.storage_path
-            if not is_s3(spec.storage_path)
-            else fs_path(spec.storage_path),
+            storage_path=fs_path(spec.storage_path),
             storage_filesystem=_arrow_filesystem(spec),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
             failure_config=FailureConfig(max_failures=spec.max_failures),
@@ -648,9 +648,6 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         datasets={"train": dataset},
     )
     result = trainer.fit()
-    _plot_loss(local_logs)
-    if is_s3(spec.run_dir):
-        _upload(local_logs, spec.run_dir, spec.storage)
     return {
         "metrics": result.metrics,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
