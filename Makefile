@@ -54,6 +54,7 @@ format: install
 bench: install
 	$(PY) bench/prefill.py
 	$(PY) bench/preprocess.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
