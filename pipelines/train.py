@@ -657,8 +657,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
 
 
 def _arrow_filesystem(spec: TrainSpec):
-    """pyarrow's view of the storage (Ray Train and Ray Data take pyarrow filesystems)."""
-    if not is_s3(spec.storage_path) and not any(is_s3(d) for d in spec.data):
+    """pyarrow's view of ``storage_path`` for Ray Train's checkpoints (None: local disk)."""
+    if not is_s3(spec.storage_path):
         return None
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
