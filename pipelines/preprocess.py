@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import ray
 import yaml
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pipelines.llava_source import LlavaRecordsDatasource
@@ -35,7 +35,9 @@ from pipelines.shards import (
 )
 from pipelines.spec import JobSpec, StorageOptions
 from pipelines.storage import (
-    absolute,
+    Location,
+    Locations,
+    ModelRef,
     expand_inputs,
     filesystem,
     fs_path,
@@ -68,17 +70,17 @@ EXECUTION_ONLY = ("workers", "cpus_per_worker", "batch_size", "overwrite", "stor
 class PreprocessSpec(JobSpec):
     """Turns LLaVA record files and their images into training shards."""
 
-    inputs: list[str] = Field(
+    inputs: Locations = Field(
         min_length=1, description="LLaVA record files or globs (JSON list or JSONL), local or s3://"
     )
-    output: str = Field(description="output directory, local or s3://")
-    image_root: str | None = Field(
+    output: Location = Field(description="output directory, local or s3://")
+    image_root: Location | None = Field(
         None, description="folder image paths are relative to (default: each record file's folder)"
     )
     template: Literal["plain", "vicuna_v1"] = Field(
         "vicuna_v1", description="chat template: plain (pretraining) or vicuna_v1 (finetuning)"
     )
-    model: str = Field(
+    model: ModelRef = Field(
         "tiny",
         description="preset 'tiny' or a model directory (local or s3://): its tokenizer, image "
         "size and vision-token count are used",
@@ -111,26 +113,6 @@ class PreprocessSpec(JobSpec):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker actor reserves")
     batch_size: PositiveInt = Field(32, description="records per map batch")
     storage: StorageOptions = Field(default_factory=StorageOptions)
-
-    @field_validator("inputs", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("inputs")
-    @classmethod
-    def _absolute_inputs(cls, value: list[str]) -> list[str]:
-        return [absolute(v) for v in value]
-
-    @field_validator("output", "image_root")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        return None if value is None else absolute(value)
-
-    @field_validator("model")
-    @classmethod
-    def _absolute_model_dir(cls, value: str) -> str:
-        return value if value in PRESETS else absolute(value)
 
     def fingerprint_fields(self) -> dict[str, Any]:
         return {k: v for k, v in self.resolved().items() if k not in EXECUTION_ONLY}

@@ -12,9 +12,10 @@ import json
 import os
 import posixpath
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import fsspec
+from pydantic import AfterValidator, BeforeValidator
 
 from pipelines.spec import StorageOptions
 
@@ -41,6 +42,23 @@ def absolute(url: str) -> str:
     """Local paths made absolute (workers on other nodes or in other folders must read the same
     place); ``s3://`` URLs unchanged."""
     return url if is_s3(url) else os.path.abspath(os.path.expanduser(url))
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _model_ref(value: str) -> str:
+    from stf_model import PRESETS
+
+    return value if value in PRESETS else absolute(value)
+
+
+# Spec field types: a location is a local path (made absolute) or an s3:// URL; a list of them
+# also accepts one string; a model reference is a preset name or a model directory location.
+Location = Annotated[str, AfterValidator(absolute)]
+Locations = Annotated[list[Location], BeforeValidator(_one_or_many)]
+ModelRef = Annotated[str, AfterValidator(_model_ref)]
 
 
 def to_url(url_like: str, path: str) -> str:

@@ -26,14 +26,23 @@ import ray
 import ray.train
 import torch
 import yaml
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.ray_env import init_ray
 from pipelines.shards import ShardsDatasource, read_manifest, shard_urls
 from pipelines.spec import JobSpec, StorageOptions
-from pipelines.storage import absolute, filesystem, fs_path, is_s3, join, local_copy
+from pipelines.storage import (
+    Location,
+    Locations,
+    ModelRef,
+    filesystem,
+    fs_path,
+    is_s3,
+    join,
+    local_copy,
+)
 from stf_model import (
     PRESETS,
     STFConfig,
@@ -91,16 +100,18 @@ class TrainSpec(JobSpec):
     """Trains one stage of an STF model on preprocessed shards with Ray Train + DeepSpeed."""
 
     name: str = Field(description="run name: a re-run with the same name resumes")
-    storage_path: str = Field(description="runs directory, local or s3://; the run is NAME inside")
+    storage_path: Location = Field(
+        description="runs directory, local or s3://; the run is NAME inside"
+    )
     stage: Literal["pretrain", "finetune"] = Field(
         description="pretrain: MBTF + projector; finetune: LLM + MBTF + projector"
     )
-    data: list[str] = Field(min_length=1, description="`stf preprocess` output directories")
-    model: str = Field("tiny", description="preset name or model directory (local or s3://)")
+    data: Locations = Field(min_length=1, description="`stf preprocess` output directories")
+    model: ModelRef = Field("tiny", description="preset name or model directory (local or s3://)")
     model_overrides: dict[str, Any] = Field(
         default_factory=dict, description='preset overrides, e.g. {"stf_window": 3}'
     )
-    init_from: str | None = Field(
+    init_from: Location | None = Field(
         None, description="model directory to start from (a previous stage's NAME/model)"
     )
     epochs: PositiveInt = Field(1, description="passes over the data")
@@ -120,26 +131,6 @@ class TrainSpec(JobSpec):
     preflight: PreflightOptions = Field(default_factory=PreflightOptions)
     storage: StorageOptions = Field(default_factory=StorageOptions)
 
-    @field_validator("data", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("data")
-    @classmethod
-    def _absolute_data(cls, value: list[str]) -> list[str]:
-        return [absolute(v) for v in value]
-
-    @field_validator("storage_path", "init_from")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        return None if value is None else absolute(value)
-
-    @field_validator("model")
-    @classmethod
-    def _absolute_model_dir(cls, value: str) -> str:
-        return value if value in PRESETS else absolute(value)
-
     @model_validator(mode="after")
     def _precision_needs_gpu(self) -> TrainSpec:
         if self.deepspeed.precision == "fp16" and not self.scaling.use_gpu:
@@ -151,6 +142,11 @@ class TrainSpec(JobSpec):
     @property
     def run_dir(self) -> str:
         return join(self.storage_path, self.name)
+
+    @property
+    def model_source(self) -> str | None:
+        """The model directory weights load from (``init_from`` first), or None for a preset."""
+        return self.init_from or (None if self.model in PRESETS else self.model)
 
     @property
     def lr(self) -> float:
@@ -166,7 +162,7 @@ def build_model(spec: TrainSpec) -> tuple[STFForConditionalGeneration, Any]:
     (random weights from ``seed``; only ``tiny`` has a local tokenizer)."""
     from transformers import AutoTokenizer
 
-    source = spec.init_from or (None if spec.model in PRESETS else spec.model)
+    source = spec.model_source
     if source is not None:
         local = local_copy(source, spec.storage)
         model = STFForConditionalGeneration.from_pretrained(local, use_safetensors=True)
@@ -185,7 +181,7 @@ def build_model(spec: TrainSpec) -> tuple[STFForConditionalGeneration, Any]:
 
 def model_config(spec: TrainSpec) -> STFConfig:
     """The config of the model a run trains, without building weights."""
-    source = spec.init_from or (None if spec.model in PRESETS else spec.model)
+    source = spec.model_source
     if source is not None:
         return STFConfig.from_pretrained(local_copy(source, spec.storage, patterns=("*.json",)))
     return preset_config(spec.model, **spec.model_overrides)
