@@ -2,7 +2,9 @@
 same model, rows and micro batch; then 2 workers vs 1.
 
 Both paths train the finetune stage of the same model (fp32 on CPU) on the same synthetic shards
-with the same collator and AdamW. The plain loop reads rows from memory; the Ray path streams
+with the same collator and AdamW, with the same number of CPU threads: Ray gives a worker
+OMP_NUM_THREADS = the CPUs it reserves (`scaling.resources_per_worker`), so the plain loop is run
+with `torch.set_num_threads` of that count. Both 1 thread and every core are measured. The plain loop reads rows from memory; the Ray path streams
 them through Ray Data, so its time includes data waits. The first `--skip` steps of each run are
 warm-up and are left out; the Ray step time comes from the run's own metrics (samples/s per
 window of `--window` steps).
@@ -34,8 +36,9 @@ from pipelines.train import run as train
 from stf_model.collate import collate, length_grouped_batches
 
 
-def plain_step_seconds(spec: TrainSpec, data: str, steps: int, skip: int) -> float:
+def plain_step_seconds(spec: TrainSpec, data: str, steps: int, skip: int, threads: int) -> float:
     """Median seconds per optimizer step of a plain PyTorch loop (no Ray, no DeepSpeed)."""
+    torch.set_num_threads(threads)
     rows = [
         r for url in shard_urls(data, read_manifest(data)) for r in pq.read_table(url).to_pylist()
     ]
@@ -86,33 +89,35 @@ def main() -> None:
         data = f"{tmp}/shards"
         preprocess(PreprocessSpec(inputs=[f"{tmp}/corpus/finetune.jsonl"], output=data))
 
-        def spec(name: str, workers: int) -> TrainSpec:
+        def spec(name: str, workers: int, cpus: int = 1) -> TrainSpec:
             return TrainSpec(
                 name=name, storage_path=f"{tmp}/runs", stage="finetune", data=[data],
                 model_overrides={"text.num_hidden_layers": args.text_layers},
                 max_steps=args.steps, log_every=args.window, checkpoint_every=10**6,
-                scaling={"num_workers": workers},
+                scaling={"num_workers": workers, "resources_per_worker": {"CPU": cpus}},
                 deepspeed={"zero_stage": 2, "precision": "fp32", "micro_batch_size": args.micro},
                 optimizer={"lr": 1e-4},
             )  # fmt: skip
 
-        plain = plain_step_seconds(spec("plain", 1), data, args.steps, args.skip)
-        one = ray_step_seconds(spec("one", 1))
+        cores = int(ray.cluster_resources()["CPU"])
+        rows = []  # (label, seconds per step, workers, plain seconds to compare with or None)
+        for threads in sorted({1, cores}):
+            plain = plain_step_seconds(spec("plain", 1), data, args.steps, args.skip, threads)
+            one = ray_step_seconds(spec(f"one-{threads}", 1, threads))
+            rows.append((f"plain PyTorch, {threads} thread(s)", plain, 1, None))
+            rows.append((f"Ray Train + DeepSpeed, 1 worker x {threads} CPU", one, 1, plain))
+        one_cpu = rows[1][1]
         two = ray_step_seconds(spec("two", 2))
+        rows.append(("Ray Train + DeepSpeed, 2 workers x 1 CPU", two, 2, None))
     ray.shutdown()
 
     micro = args.micro
-    print(f"{'path':<34}{'s/step':>9}{'samples/s':>11}{'vs plain':>10}")
-    print(f"{'plain PyTorch, 1 process':<34}{plain:>9.4f}{micro / plain:>11.1f}{1.0:>10.2f}")
-    print(
-        f"{'Ray Train + DeepSpeed, 1 worker':<34}{one:>9.4f}{micro / one:>11.1f}{one / plain:>10.2f}"
-    )
-    print(
-        f"{'Ray Train + DeepSpeed, 2 workers':<34}{two:>9.4f}{2 * micro / two:>11.1f}"
-        f"{'':>10}  (2 vs 1 worker throughput: {2 * one / two:.2f}x)"
-    )
-    print(json.dumps({"plain_s": plain, "ray1_s": one, "ray2_s": two,
-                      "overhead_1w": one / plain - 1, "scaling_2v1": 2 * one / two}))  # fmt: skip
+    print(f"{'path':<44}{'s/step':>9}{'samples/s':>11}{'vs plain':>10}")
+    for label, seconds, workers, plain in rows:
+        ratio = f"{seconds / plain:>10.2f}" if plain else f"{'':>10}"
+        print(f"{label:<44}{seconds:>9.4f}{workers * micro / seconds:>11.1f}{ratio}")
+    print(f"2 workers vs 1 worker (1 CPU each): {2 * one_cpu / two:.2f}x throughput")
+    print(json.dumps({label: seconds for label, seconds, _, _ in rows}))
 
 
 if __name__ == "__main__":
