@@ -41,9 +41,9 @@ from pipelines.storage import (
     expand_inputs,
     filesystem,
     fs_path,
-    is_s3,
     join,
     local_copy,
+    read_many,
     remove_tree,
     write_json_atomic,
 )
@@ -253,23 +253,8 @@ class RecordProcessor:
         return Parsed(record_id=record_id, conversation=conversation, url=url)
 
     def fetch_images(self, wanted: list[str]) -> dict[str, bytes | Exception]:
-        """Reads every image of the batch, or the error reading it; S3 reads run concurrently
-        (one round of requests per batch, not one per image)."""
-        urls = sorted(set(wanted))
-        result: dict[str, bytes | Exception] = {}
-        remote = [u for u in urls if is_s3(u)]
-        if remote:
-            got = filesystem(remote[0], self.spec.storage).cat(
-                [fs_path(u) for u in remote], on_error="return"
-            )
-            result.update({u: got.get(fs_path(u), FileNotFoundError(u)) for u in remote})
-        for url in (u for u in urls if not is_s3(u)):
-            try:
-                with open(fs_path(url), "rb") as f:
-                    result[url] = f.read()
-            except OSError as err:
-                result[url] = err
-        return result
+        """Every image of the batch, or the error reading it (S3 reads run concurrently)."""
+        return read_many(wanted, self.spec.storage)
 
     def sample(self, item: Parsed, images: dict) -> dict[str, Any]:
         conversation, url, pixels = item.conversation, item.url, None

@@ -88,6 +88,34 @@ def expand_inputs(patterns: list[str], storage: StorageOptions) -> list[tuple[st
     return sorted(found.items())
 
 
+def arrow_filesystem(url: str, storage: StorageOptions):
+    """pyarrow's view of the filesystem ``url`` lives on, for Ray APIs that take one (Ray Train's
+    storage, Ray Data writes); None for local paths (pyarrow's local filesystem)."""
+    if not is_s3(url):
+        return None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(filesystem(url, storage)))
+
+
+def read_many(urls: list[str], storage: StorageOptions) -> dict[str, bytes | Exception]:
+    """The bytes of every URL, or the error reading it (``FileNotFoundError`` when missing); S3
+    reads run concurrently (one round of requests for the list, not one per file)."""
+    wanted = sorted(set(urls))
+    result: dict[str, bytes | Exception] = {}
+    remote = [u for u in wanted if is_s3(u)]
+    if remote:
+        got = filesystem(remote[0], storage).cat([fs_path(u) for u in remote], on_error="return")
+        result.update({u: got.get(fs_path(u), FileNotFoundError(u)) for u in remote})
+    for url in (u for u in wanted if not is_s3(u)):
+        try:
+            with open(fs_path(url), "rb") as f:
+                result[url] = f.read()
+        except OSError as err:
+            result[url] = err
+    return result
+
+
 def write_json_atomic(url: str, payload: Any, storage: StorageOptions) -> None:
     """Writes JSON so that readers see the old file or the new one, never half of one: a local
     file is written aside and renamed over; an S3 object appears whole on one PUT."""

@@ -37,6 +37,7 @@ from pipelines.storage import (
     Location,
     Locations,
     ModelRef,
+    arrow_filesystem,
     filesystem,
     fs_path,
     is_s3,
@@ -637,7 +638,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         run_config=RunConfig(
             name=spec.name,
             storage_path=fs_path(spec.storage_path),
-            storage_filesystem=_arrow_filesystem(spec),
+            storage_filesystem=arrow_filesystem(spec.storage_path, spec.storage),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
             failure_config=FailureConfig(max_failures=spec.max_failures),
         ),
@@ -650,15 +651,6 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "model": join(spec.run_dir, "model"),
         "plan": plan,
     }
-
-
-def _arrow_filesystem(spec: TrainSpec):
-    """pyarrow's view of ``storage_path`` for Ray Train's checkpoints (None: local disk)."""
-    if not is_s3(spec.storage_path):
-        return None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    return PyFileSystem(FSSpecHandler(filesystem("s3://", spec.storage)))
 
 
 def _plot_loss(log_dir: str) -> None:
