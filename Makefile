@@ -41,7 +41,7 @@ demo: install
 	$(PY) -m pipelines.cli preprocess examples/preprocess-finetune.yaml
 	$(PY) -m pipelines.cli train examples/train-pretrain.yaml
 	$(PY) -m pipelines.cli train examples/train-finetune.yaml
-	$(PY) examples/demo_eval.py demo_out/runs/finetune/model demo_out/corpus/eval.jsonl
+	$(PY) -m pipelines.cli eval examples/eval-demo.yaml
 
 lint: install
 	$(PY) -m ruff check .

@@ -13,6 +13,9 @@ EXIT_FAILED = 1
 SPECS = {
     "preprocess": "pipelines.preprocess:PreprocessSpec",
     "train": "pipelines.train:TrainSpec",
+    "serve": "pipelines.serve:ServeSpec",
+    "infer": "pipelines.infer:InferSpec",
+    "eval": "pipelines.evaluate:EvalSpec",
 }
 
 
@@ -101,6 +104,50 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipelines.serve import ServeSpec, run
+    from pipelines.spec import load_spec
+
+    spec = load_spec(ServeSpec, args.spec, args.overrides)
+    print(f"serving {spec.model.path} as {spec.served_model_id!r}; Ctrl-C stops", flush=True)
+    run(spec, blocking=True)
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from pipelines.infer import InferFailed, InferSpec, run
+    from pipelines.spec import load_spec
+
+    spec = load_spec(InferSpec, args.spec, args.overrides)
+    try:
+        summary = run(spec)
+    except InferFailed as err:
+        print(f"stf infer: FAILED: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    reasons = ", ".join(f"{r} {n}" for r, n in summary["errors_by_reason"].items()) or "none"
+    print(
+        f"infer {spec.output}: {summary['rows']} rows, {summary['answered']} answered, "
+        f"{summary['errors']} error rows ({reasons}), {summary['resumed_rows']} from an earlier "
+        f"run [{summary['seconds']:.1f} s]"
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import EvalSpec, run, summary_line
+    from pipelines.infer import InferFailed
+    from pipelines.spec import load_spec
+
+    spec = load_spec(EvalSpec, args.spec, args.overrides)
+    try:
+        report = run(spec)
+    except InferFailed as err:
+        print(f"stf eval: FAILED: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(summary_line(report))
+    return 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from pipelines.synth import write_corpus
 
@@ -172,6 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_spec_args(train)
     train.set_defaults(func=_cmd_train)
+
+    serve = verbs.add_parser(
+        "serve", help="serve a model directory with an OpenAI-compatible API (Ray Serve)"
+    )
+    _add_spec_args(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    infer = verbs.add_parser(
+        "infer", help="batch generation over images or tables -> Parquet (Ray Data, resumable)"
+    )
+    _add_spec_args(infer)
+    infer.set_defaults(func=_cmd_infer)
+
+    evaluate = verbs.add_parser(
+        "eval", help="accuracy on a question file with answers (batch inference + scoring)"
+    )
+    _add_spec_args(evaluate)
+    evaluate.set_defaults(func=_cmd_eval)
 
     synth = verbs.add_parser("synth", help="write the synthetic shapes corpus (demo, tests)")
     synth.add_argument("--out", required=True, help="output directory")

@@ -1,22 +1,24 @@
-"""Short-answer accuracy on a held-out question file (the synthetic eval split, or any LLaVA-style
-question file with ``answer``), with VQA-style answer normalisation.
+"""`stf eval`: accuracy on a held-out question file (the synthetic eval split, or any LLaVA-style
+question file with answers) through the batch-inference job, with VQA-style answer normalisation.
 
-This is the in-process evaluator `make demo` uses after training; the Ray Data batch-inference
-job (`stf eval`) reuses :func:`normalize_answer` and :func:`score`.
+Answers come from :mod:`pipelines.infer` (so evaluation is resumable and scales the same way);
+this module joins them with the ground truth and scores them overall and per question type.
 """
 
 from __future__ import annotations
 
-import json
+import posixpath
 import string
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
+from pydantic import Field, NonNegativeFloat, PositiveInt
 
-from stf_model import load_model_dir
+from pipelines.infer import InferSpec, read_output, read_records
+from pipelines.infer import run as run_inference
+from pipelines.model_loader import InferenceModel
+from pipelines.spec import JobSpec, StorageOptions
+from pipelines.storage import Location, join, read_json, write_json_atomic
 
 _ARTICLES = {"a", "an", "the"}
 _DIGITS = {
@@ -35,10 +37,14 @@ def normalize_answer(text: str) -> str:
 
 
 def score(predictions: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall and per ``question_type`` from rows with ``answer`` and ``prediction``."""
+    """Accuracy overall and per ``question_type`` from rows with ``answer`` and ``prediction``
+    (a row without a prediction, e.g. an unreadable image, counts as wrong)."""
     by_type: dict[str, list[bool]] = defaultdict(list)
     for row in predictions:
-        hit = normalize_answer(row["prediction"]) == normalize_answer(str(row["answer"]))
+        prediction = row.get("prediction")
+        hit = prediction is not None and normalize_answer(prediction) == normalize_answer(
+            str(row["answer"])
+        )
         by_type[row.get("question_type") or "all"].append(hit)
     hits = [h for values in by_type.values() for h in values]
     return {
@@ -48,46 +54,93 @@ def score(predictions: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def evaluate_questions(
-    model_dir: str, questions: str | Path, limit: int | None = None, batch_size: int = 16
-) -> dict[str, Any]:
-    """Greedy answers from a model directory to each question (images relative to the file)."""
-    questions = Path(questions)
-    rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
-    rows = rows[:limit] if limit else rows
-    model, processor = load_model_dir(model_dir)
-    model.eval()
-    processor.tokenizer.padding_side = "left"  # generation continues from the right edge
-    predictions = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        prompts = [
-            processor.apply_chat_template(
-                [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image"}, {"type": "text", "text": r["text"]}],
-                    }
-                ],
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            for r in chunk
-        ]
-        images = [Image.open(questions.parent / r["image"]).convert("RGB") for r in chunk]
-        inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-        answers = processor.batch_decode(
-            out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+class EvalSpec(JobSpec):
+    """Accuracy of a model on a question file with ground-truth answers."""
+
+    model: InferenceModel = Field(description="the model directory and where it runs")
+    questions: Location = Field(
+        description="JSONL or Parquet: question_id, image, text, answer[, question_type]"
+    )
+    image_folder: Location | None = Field(
+        None, description="where relative image paths resolve (default: the file's folder)"
+    )
+    output: Location = Field(description="output directory (report.json, predictions/)")
+    id_column: str = Field("question_id")
+    image_column: str = Field("image")
+    question_column: str = Field("text")
+    answer_column: str = Field("answer")
+    type_column: str = Field("question_type", description="per-type accuracy when present")
+    prompt_template: str = Field(
+        "{prompt}",
+        description="wraps each question, e.g. LLaVA's '{prompt}\\nAnswer the question using a "
+        "single word or phrase.'",
+    )
+    max_new_tokens: PositiveInt = Field(16, description="short answers")
+    temperature: NonNegativeFloat = Field(0.0, description="0 = greedy, as VQA evaluation does")
+    limit: PositiveInt | None = Field(None, description="only the first N questions")
+    batch_size: PositiveInt = Field(16)
+    concurrency: PositiveInt = Field(1, description="model replicas (actors)")
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+
+    def inference_spec(self) -> InferSpec:
+        return InferSpec(
+            model=self.model, inputs=[self.questions], output=join(self.output, "predictions"),
+            image_root=self.image_folder, id_column=self.id_column, image_column=self.image_column,
+            prompt_column=self.question_column, prompt_template=self.prompt_template,
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, limit=self.limit,
+            batch_size=self.batch_size, concurrency=self.concurrency, num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus, answers_jsonl=True, storage=self.storage,
+        )  # fmt: skip
+
+
+def run(spec: EvalSpec) -> dict[str, Any]:
+    """Answers every question (resuming an interrupted run), scores, writes ``report.json``."""
+    inference = spec.inference_spec()
+    summary = run_inference(inference)
+    answers = {row["id"]: row for row in read_output(inference).to_pylist()}
+    rows = []
+    for record in read_records(spec.questions, spec.storage):
+        key = str(record[spec.id_column])
+        if key not in answers:
+            continue  # beyond `limit`
+        if record.get(spec.answer_column) is None:
+            raise ValueError(f"question {key!r} has no {spec.answer_column!r} (answer_column)")
+        rows.append(
+            {
+                "question_id": key,
+                "question": record.get(spec.question_column),
+                "answer": record[spec.answer_column],
+                "question_type": record.get(spec.type_column),
+                "prediction": answers[key]["answer"],
+                "error": answers[key]["error"],
+            }
         )
-        for row, answer in zip(chunk, answers, strict=True):
-            predictions.append({**row, "prediction": answer.strip()})
-    report = score(predictions)
-    meta = questions.parent / "synth.json"
-    if meta.exists():
-        report["baselines"] = json.loads(meta.read_text())["baselines"]
-    report["examples"] = [
-        {k: p[k] for k in ("text", "answer", "prediction")} for p in predictions[:5]
-    ]
+    report = {
+        **score(rows),
+        "errors": summary["errors"],
+        "model": spec.model.path,
+        "questions": spec.questions,
+    }
+    meta = read_json(join(posixpath.dirname(spec.questions), "synth.json"), spec.storage)
+    if meta and "baselines" in meta:
+        report["baselines"] = meta["baselines"]
+    report["examples"] = [{k: r[k] for k in ("question", "answer", "prediction")} for r in rows[:5]]
+    write_json_atomic(join(spec.output, "report.json"), report, spec.storage)
     return report
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line: accuracy, per type, errors and the baselines when known."""
+    per_type = ", ".join(f"{t} {a:.0%}" for t, a in report["by_type"].items())
+    line = f"eval: accuracy {report['accuracy']:.1%} on {report['n']} questions ({per_type})"
+    if report.get("errors"):
+        line += f"; {report['errors']} unanswered (error rows)"
+    baselines = report.get("baselines")
+    if baselines:
+        line += f"; chance {baselines['chance']:.1%}, majority answer {baselines['majority']:.1%}"
+    return line
+
+
+__all__ = ["EvalSpec", "normalize_answer", "run", "score", "summary_line"]
