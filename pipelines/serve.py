@@ -390,18 +390,18 @@ class ChatServer:
     async def chat_completions(self, request: Request):
         self._authorize(request)
         body = await self._read_body(request)
-        prompt = await self._prompt(body)
+        prompt, prompt_tokens = await self._prompt(body)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                self._sse(prompt, completion_id, include_usage), media_type="text/event-stream"
+                self._sse(prompt, prompt_tokens, completion_id, include_usage),
+                media_type="text/event-stream",
             )
         text, finish, completion_tokens = "", "stop", 0
         async for delta, reason, tokens in self._run(prompt):
             text += delta
             finish, completion_tokens = reason or finish, tokens
-        prompt_tokens = self.generator.count_prompt_tokens(prompt)
         return {
             "id": completion_id,
             "object": "chat.completion",
@@ -455,7 +455,8 @@ class ChatServer:
                            param="model", code="model_not_found")  # fmt: skip
         return body
 
-    async def _prompt(self, body: ChatCompletionRequest) -> ChatPrompt:
+    async def _prompt(self, body: ChatCompletionRequest) -> tuple[ChatPrompt, int]:
+        """The request as a prompt for the generator, and its length in tokens (images included)."""
         limits = self.spec.limits
         max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
         if max_tokens > limits.max_tokens:
@@ -480,13 +481,14 @@ class ChatServer:
                            param="messages") from err  # fmt: skip
         params = SamplingParams(max_new_tokens=max_tokens, temperature=body.temperature,
                                 top_p=body.top_p, stop=tuple(body.stop or ()))  # fmt: skip
-        prompt = ChatPrompt(text=text, images=images, params=params)
-        needed = self.generator.count_prompt_tokens(prompt) + max_tokens
+        prompt = ChatPrompt(text=text, images=images, params=params, stream=body.stream)
+        prompt_tokens = self.generator.count_prompt_tokens(prompt)
+        needed = prompt_tokens + max_tokens
         if needed > self.max_context:
             raise APIError(400, f"prompt plus max_tokens is {needed} tokens; the model's context "
                            f"is {self.max_context}", param="messages",
                            code="context_length_exceeded")  # fmt: skip
-        return prompt
+        return prompt, prompt_tokens
 
     # -- generation --
     async def _run(self, prompt: ChatPrompt) -> AsyncIterator[tuple[str, str | None, int]]:
@@ -536,7 +538,9 @@ class ChatServer:
                 yield step
         # Serve ends the streams of requests still open when this generator returns.
 
-    async def _sse(self, prompt: ChatPrompt, completion_id: str, include_usage: bool):
+    async def _sse(
+        self, prompt: ChatPrompt, prompt_tokens: int, completion_id: str, include_usage: bool
+    ):
         created = int(time.time())
 
         def chunk(delta: dict, finish: str | None, usage: dict | None = None) -> str:
@@ -560,7 +564,7 @@ class ChatServer:
             log.exception("generation failed")
             yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'server_error'}})}\n\n"
         if include_usage:
-            usage = _usage(self.generator.count_prompt_tokens(prompt), completion_tokens)
+            usage = _usage(prompt_tokens, completion_tokens)
             yield chunk({}, None, usage)
         yield "data: [DONE]\n\n"
 
@@ -594,7 +598,7 @@ def run(spec: ServeSpec, blocking: bool = True) -> str:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            pass
+            log.info("stopping: shutting Serve down")
         finally:
             serve.shutdown()
     return url

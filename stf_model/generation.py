@@ -47,11 +47,13 @@ class SamplingParams:
 
 @dataclass
 class ChatPrompt:
-    """One request: its rendered prompt (one ``<image>`` per image), images and sampling."""
+    """One request: its rendered prompt (one ``<image>`` per image), images and sampling.
+    ``stream=False`` reports its text once, when it finishes, instead of token by token."""
 
     text: str
     images: list[Image.Image] = field(default_factory=list)
     params: SamplingParams = field(default_factory=SamplingParams)
+    stream: bool = True
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -149,13 +151,15 @@ class _Progress(StoppingCriteria):
         return torch.tensor([f is not None for f in self.finish], device=input_ids.device)
 
     def _report(self, row: int, reason: FinishReason | None) -> None:
+        self.finish[row] = reason
+        if reason is None and not self.prompts[row].stream:
+            return
         text = self.texts[row]
         ready = (
             len(text) if reason is not None else _safe_prefix(text, self.prompts[row].params.stop)
         )
         delta = text[self.sent[row] : ready] if ready > self.sent[row] else ""
         self.sent[row] = max(self.sent[row], ready)
-        self.finish[row] = reason
         if self.on_delta is not None and (delta or reason is not None):
             self.on_delta(row, delta, reason, self.generated[row])
 

@@ -1,0 +1,137 @@
+"""Serving overhead and batching: the Ray Serve path vs a direct in-process generate on the same
+request, and throughput at concurrency 1 vs 16.
+
+Latency: the same chat request (one image, greedy, fixed max_tokens) `--requests` times, one at a
+time, through (a) `ChatGenerator.generate` in this process and (b) HTTP -> Serve's proxy -> the
+replica. Overhead = p50(b) - p50(a). Throughput: `--load` requests with 1 and with 16 client
+threads. Both are measured with the spec's batch wait and with a zero wait (a lone request then
+runs at once; concurrent ones still batch while the previous batch generates).
+
+    python bench/serve.py [--model DIR] [--requests 60] [--load 160] [--max-tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import io
+import json
+import socket
+import statistics
+import tempfile
+import time
+
+import ray
+import requests
+import torch
+from PIL import Image
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model directory (default: a random tiny model)")
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--load", type=int, default=160)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--batch-wait", type=float, default=0.02, help="the spec's batch wait (s)")
+    args = parser.parse_args()
+
+    from ray import serve
+
+    from pipelines.model_loader import InferenceModel, load_generator
+    from pipelines.serve import ServeSpec, run
+    from pipelines.spec import StorageOptions
+    from stf_model import build_tiny, save_model_dir
+    from stf_model.generation import ChatPrompt, SamplingParams
+
+    tmp = tempfile.mkdtemp(prefix="bench-serve-")
+    model_dir = args.model or f"{tmp}/tiny"
+    if not args.model:
+        save_model_dir(*build_tiny(seed=0), model_dir)
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), (30, 140, 200)).save(buffer, format="JPEG")
+    image_url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
+                                             {"type": "text", "text": "How many shapes?"}]}]  # fmt: skip
+    body = {"messages": messages, "max_tokens": args.max_tokens, "temperature": 0}
+
+    # (a) direct, in this process: decode the image and generate, as the replica does per request.
+    from stf_model.processing import decode_image
+
+    generator = load_generator(InferenceModel(path=model_dir), StorageOptions())
+    text = generator.render(messages)
+    direct = []
+    for _ in range(args.requests):
+        start = time.perf_counter()
+        image = decode_image(base64.b64decode(image_url.split(",", 1)[1]), 40_000_000)
+        params = SamplingParams(args.max_tokens, temperature=0)
+        generator.generate([ChatPrompt(text, [image], params)])
+        direct.append(time.perf_counter() - start)
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    results = {}
+    for wait in (args.batch_wait, 0.0):
+        port = _free_port()
+        spec = ServeSpec.model_validate(
+            {"model": {"path": model_dir}, "port": port,
+             # As many CPUs (hence torch threads: Ray sets OMP_NUM_THREADS) as the direct path.
+             "deployment": {"max_ongoing_requests": 32, "max_queued_requests": -1,
+                            "num_cpus": torch.get_num_threads()},
+             "batching": {"max_batch_size": 16, "batch_wait_timeout_s": wait},
+             "limits": {"max_tokens": max(args.max_tokens, 16)}}
+        )  # fmt: skip
+        url = run(spec, blocking=False) + "/v1/chat/completions"
+        session = requests.Session()
+        for _ in range(5):  # warm-up
+            session.post(url, json=body, timeout=60).raise_for_status()
+        served = []
+        for _ in range(args.requests):
+            start = time.perf_counter()
+            session.post(url, json=body, timeout=60).raise_for_status()
+            served.append(time.perf_counter() - start)
+
+        def load(concurrency: int, url: str = url) -> float:
+            def one(_):
+                requests.post(url, json=body, timeout=120).raise_for_status()
+
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(one, range(args.load)))
+            return args.load / (time.perf_counter() - start)
+
+        rps1, rps16 = load(1), load(16)
+        results[wait] = {"p50": statistics.median(served), "p95": _percentile(served, 0.95),
+                         "rps1": rps1, "rps16": rps16}  # fmt: skip
+        serve.shutdown()
+    ray.shutdown()
+
+    d50, d95 = statistics.median(direct), _percentile(direct, 0.95)
+    print(f"one request: 1 image, {args.max_tokens} greedy tokens, {args.requests} times")
+    print(f"{'path':<40}{'p50 ms':>9}{'p95 ms':>9}{'overhead p50':>14}")
+    print(f"{'direct generate (in process)':<40}{d50 * 1e3:>9.1f}{d95 * 1e3:>9.1f}{'':>14}")
+    for wait, r in results.items():
+        label = f"Ray Serve HTTP, batch wait {wait * 1e3:.0f} ms"
+        print(f"{label:<40}{r['p50'] * 1e3:>9.1f}{r['p95'] * 1e3:>9.1f}"
+              f"{(r['p50'] - d50) * 1e3:>11.1f} ms")  # fmt: skip
+    print(f"\n{'throughput':<40}{'c=1 req/s':>11}{'c=16 req/s':>12}{'ratio':>8}")
+    for wait, r in results.items():
+        label = f"batch wait {wait * 1e3:.0f} ms"
+        print(f"{label:<40}{r['rps1']:>11.1f}{r['rps16']:>12.1f}{r['rps16'] / r['rps1']:>7.2f}x")
+    print(json.dumps({"direct_p50_ms": d50 * 1e3, "direct_p95_ms": d95 * 1e3,
+                      "serve": {str(k): v for k, v in results.items()}}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
