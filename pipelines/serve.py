@@ -285,7 +285,7 @@ async def _load_image(url: str, spec: ServeSpec):
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as err:
             raise APIError(400, f"image_url is not valid base64: {err}", param="image_url") from err
-        return _decode(data, limits)
+        return await asyncio.to_thread(_decode, data, limits)  # off the event loop
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise APIError(400, "image_url must be a data: URL or an allowed http(s) URL",
@@ -294,7 +294,7 @@ async def _load_image(url: str, spec: ServeSpec):
         raise APIError(400, f"fetching images from {parts.hostname!r} is not allowed on this "
                        "server (allowed_image_hosts); send the image as a data: URL",
                        param="image_url", code="image_host_not_allowed")  # fmt: skip
-    return _decode(await _fetch(url, limits), limits)
+    return await asyncio.to_thread(_decode, await _fetch(url, limits), limits)
 
 
 async def _fetch(url: str, limits: RequestLimits) -> bytes:
@@ -338,6 +338,12 @@ api = FastAPI(title="LLaVA-STF", docs_url=None, redoc_url=None)
 @api.exception_handler(APIError)
 async def _api_error(_request: Request, err: APIError) -> JSONResponse:
     return err.response()
+
+
+@api.exception_handler(Exception)
+async def _server_error(_request: Request, err: Exception) -> JSONResponse:
+    log.exception("request failed")
+    return APIError(500, f"{type(err).__name__}: {err}", type_="server_error").response()
 
 
 @api.exception_handler(404)
