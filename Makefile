@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install test test-slow test-gpu demo lint format bench clean
+.PHONY: install test test-slow test-gpu demo lint format bench bench-token-budget clean
 
 install: $(STAMP)
 
@@ -55,6 +55,12 @@ bench: install
 	$(PY) bench/prefill.py
 	$(PY) bench/preprocess.py
 	$(PY) bench/train.py
+	$(PY) bench/serve.py
+	$(PY) bench/infer.py
+
+# The quality-vs-speed map (about 40 minutes on 2 CPUs): writes docs/token_budget.{md,png}.
+bench-token-budget: install
+	$(PY) bench/token_budget.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -148,6 +148,48 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines import submit
+    from pipelines.spec import load_spec
+
+    job = args.job or submit.detect_job(args.spec, args.overrides)
+    spec = load_spec(submit.spec_class(job), args.spec, args.overrides)
+    submission_id = submit.submit(job, spec, args.address, args.submission_id)
+    print(f"submitted stf {job} as {submission_id}", flush=True)
+    if not args.wait:
+        return 0
+    status = submit.follow(args.address, submission_id)
+    print(f"job {submission_id}: {status}")
+    return 0 if status == "SUCCEEDED" else EXIT_FAILED
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from pipelines import submit
+
+    if args.action == "list":
+        for row in submit.list_jobs(args.address):
+            print(f"{row['submission_id']:<28}{row['status']:<11}{row['entrypoint']}")
+        return 0
+    if not args.submission_id:
+        raise ValueError(f"stf jobs {args.action} needs a submission id")
+    client = submit.client(args.address)
+    if args.action == "status":
+        info = client.get_job_info(args.submission_id)
+        print(
+            f"{args.submission_id}: {info.status.value}"
+            + (f" ({info.message})" if info.message else "")
+        )
+    elif args.action == "logs":
+        if args.follow:
+            submit.follow(args.address, args.submission_id)
+        else:
+            print(client.get_job_logs(args.submission_id), end="")
+    elif args.action == "stop":
+        stopped = client.stop_job(args.submission_id)
+        print(f"{args.submission_id}: {'stop requested' if stopped else 'already finished'}")
+    return 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from pipelines.synth import write_corpus
 
@@ -237,6 +279,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_spec_args(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
+
+    submit = verbs.add_parser(
+        "submit", help="run a job spec on a Ray cluster (Ray Jobs API; ships this project)"
+    )
+    _add_spec_args(submit)
+    submit.add_argument("--job", choices=sorted(SPECS), help="the job (default: from the spec)")
+    submit.add_argument("--address", help="Ray dashboard URL, http://HEAD:8265 (or RAY_ADDRESS)")
+    submit.add_argument("--submission-id", help="a submission id of your own")
+    submit.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stream the logs and exit with the job's status (default), or return at once",
+    )
+    submit.set_defaults(func=_cmd_submit)
+
+    jobs = verbs.add_parser("jobs", help="list, inspect, follow or stop submitted jobs")
+    jobs.add_argument("action", choices=["list", "status", "logs", "stop"])
+    jobs.add_argument("submission_id", nargs="?")
+    jobs.add_argument("--address", help="Ray dashboard URL, http://HEAD:8265 (or RAY_ADDRESS)")
+    jobs.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    jobs.set_defaults(func=_cmd_jobs)
 
     synth = verbs.add_parser("synth", help="write the synthetic shapes corpus (demo, tests)")
     synth.add_argument("--out", required=True, help="output directory")

@@ -1,0 +1,150 @@
+"""`stf submit` and `stf jobs`: run a job spec on a Ray cluster through Ray's Jobs API.
+
+The submission ships this project as the job's working directory (Ray uploads it once per content
+hash) together with the resolved spec, and the entrypoint is the same `stf` verb a laptop runs, so
+`ray job submit --working-dir . -- python -m pipelines.cli train SPEC.yaml` is equivalent.
+Secrets in a spec are never shipped: the cluster's own environment (AWS variables, instance roles,
+Kubernetes secrets) provides credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.spec import JobSpec, SpecError, load_spec
+
+log = logging.getLogger(__name__)
+
+# The jobs `stf submit` can run, and their spec classes.
+JOBS = {
+    "preprocess": "pipelines.preprocess:PreprocessSpec",
+    "train": "pipelines.train:TrainSpec",
+    "serve": "pipelines.serve:ServeSpec",
+    "infer": "pipelines.infer:InferSpec",
+    "eval": "pipelines.evaluate:EvalSpec",
+}
+# What never travels to the cluster: environments, outputs, caches, VCS data.
+EXCLUDES = [".venv", ".git", "demo_out", "bench_out", "**/__pycache__", "*.egg-info",
+            ".pytest_cache", ".ruff_cache", "tests/data"]  # fmt: skip
+STAGING = ".stf-submit"
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def spec_class(job: str) -> type[JobSpec]:
+    module, name = JOBS[job].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def detect_job(path: str | None, overrides: list[str]) -> str:
+    """The one job whose spec schema the file validates against (specs forbid unknown keys, so
+    the schemas do not overlap in practice); ambiguity or no match is a :class:`SpecError`."""
+    matches, problems = [], {}
+    for job in JOBS:
+        try:
+            load_spec(spec_class(job), path, overrides)
+            matches.append(job)
+        except SpecError as err:
+            problems[job] = str(err).splitlines()[0]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise SpecError(f"{path} is a valid spec for {', '.join(matches)}: pass --job")
+    details = "; ".join(f"{job}: {problem}" for job, problem in problems.items())
+    raise SpecError(f"{path} is not a valid spec for any job ({details})")
+
+
+def project_root() -> Path:
+    """The directory holding this project's packages (the job's working directory)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def client(address: str | None):
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SpecError("no cluster: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    return JobSubmissionClient(address)
+
+
+def submit(job: str, spec: JobSpec, address: str | None, submission_id: str | None = None,
+           entrypoint_num_cpus: float = 0) -> str:  # fmt: skip
+    """Submits ``spec`` as ``stf JOB`` and returns the submission id."""
+    jobs = client(address)
+    root = project_root()
+    submission_id = submission_id or f"stf-{job}-{uuid.uuid4().hex[:8]}"
+    staging = root / STAGING
+    staging.mkdir(exist_ok=True)
+    spec_file = staging / f"{submission_id}.yaml"
+    # resolved(): secrets masked, so they are simply absent on the cluster (env vars apply).
+    full = spec.resolved()
+    resolved = _without_masked_secrets(full)
+    if resolved != full:
+        log.warning(
+            "the spec's secrets are not shipped: the cluster's environment must provide them "
+            "(AWS_* variables, an instance role or a Kubernetes secret)"
+        )
+    spec_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    try:
+        return jobs.submit_job(
+            entrypoint=f"python -m pipelines.cli {job} {STAGING}/{spec_file.name}",
+            submission_id=submission_id,
+            runtime_env={"working_dir": str(root), "excludes": EXCLUDES},
+            metadata={"stf_job": job},
+            # The driver only coordinates; reserving a CPU for it could starve the job's
+            # workers on small clusters.
+            entrypoint_num_cpus=entrypoint_num_cpus,
+        )
+    finally:
+        spec_file.unlink(missing_ok=True)  # uploaded by now (the package is built on submit)
+
+
+def _without_masked_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_masked_secrets(v) for k, v in value.items() if v != "**********"}
+    if isinstance(value, list):
+        return [_without_masked_secrets(v) for v in value]
+    return value
+
+
+def follow(address: str | None, submission_id: str, out=sys.stdout) -> str:
+    """Streams the job's logs until it ends; returns its final status."""
+    jobs = client(address)
+
+    async def tail() -> None:
+        async for lines in jobs.tail_job_logs(submission_id):
+            out.write(lines)
+            out.flush()
+
+    asyncio.run(tail())
+    return wait(address, submission_id, timeout_s=60)
+
+
+def wait(address: str | None, submission_id: str, timeout_s: float = 3600) -> str:
+    """Polls until the job reaches a terminal status (or the timeout); returns the status."""
+    jobs = client(address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = str(jobs.get_job_status(submission_id).value)
+        if status in TERMINAL or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
+def list_jobs(address: str | None) -> list[dict[str, Any]]:
+    rows = []
+    for info in client(address).list_jobs():
+        rows.append({"submission_id": info.submission_id, "status": str(info.status.value),
+                     "entrypoint": info.entrypoint, "start_time": info.start_time,
+                     "message": info.message})  # fmt: skip
+    return sorted(rows, key=lambda r: r["start_time"] or 0)
