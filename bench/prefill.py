@@ -23,6 +23,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from stf_model import STFForConditionalGeneration, preset_config
 
 
+def llm_shape(shape: str) -> dict:
+    """``LAYERSxHIDDEN`` -> config overrides for an LLM of that depth and width."""
+    layers, hidden = (int(x) for x in shape.split("x"))
+    return {
+        "text.num_hidden_layers": layers,
+        "text.hidden_size": hidden,
+        "text.intermediate_size": hidden * 8 // 3,
+        "text.num_attention_heads": max(1, hidden // 64),
+        "text.num_key_value_heads": max(1, hidden // 64),
+    }
+
+
 def build(preset: str, window: int, device: str, dtype: torch.dtype, llm: dict):
     overrides = {"stf_window": window, **llm}
     if preset == "tiny":  # widen the grid to the real 24x24 so token counts match 7B's
@@ -111,17 +123,8 @@ def main() -> None:
 
     dtype = getattr(torch, args.dtype)
     device = "meta" if args.flops_only else args.device
-    llm = {}
     shape = args.llm or ("8x512" if args.preset == "tiny" else None)
-    if shape:
-        layers, hidden = (int(x) for x in shape.split("x"))
-        llm = {
-            "text.num_hidden_layers": layers,
-            "text.hidden_size": hidden,
-            "text.intermediate_size": hidden * 8 // 3,
-            "text.num_attention_heads": max(1, hidden // 64),
-            "text.num_key_value_heads": max(1, hidden // 64),
-        }
+    llm = llm_shape(shape) if shape else {}
     rows, base_model = [], None
     for window in [int(w) for w in args.windows.split(",")]:
         model = build(args.preset, window, device, dtype, llm)
