@@ -589,22 +589,28 @@ def app_builder(args: dict[str, Any]):
     return build_app(ServeSpec.model_validate(args))
 
 
+def _deploy(spec: ServeSpec) -> None:
+    serve.start(http_options={"host": spec.host, "port": spec.port})
+    serve.run(build_app(spec), name=spec.app_name, route_prefix=spec.route_prefix)
+
+
 def run(spec: ServeSpec, blocking: bool = True) -> str:
     """Starts (or updates) the application on the connected Ray and returns its base URL; with
     ``blocking`` it serves until interrupted and then shuts Serve down."""
     from pipelines.ray_env import init_ray
 
     init_ray()
-    serve.start(http_options={"host": spec.host, "port": spec.port})
-    serve.run(build_app(spec), name=spec.app_name, route_prefix=spec.route_prefix)
     url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
-    log.info("serving %s at %s/v1 (model id %r)", spec.model.path, url, spec.served_model_id)
-    if blocking:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            log.info("stopping: shutting Serve down")
-        finally:
-            serve.shutdown()
+    if not blocking:
+        _deploy(spec)
+        return url
+    try:  # Ctrl-C at any point, even while the replicas start, shuts Serve down
+        _deploy(spec)
+        log.info("serving %s at %s/v1 (model id %r)", spec.model.path, url, spec.served_model_id)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("stopping: shutting Serve down")
+    finally:
+        serve.shutdown()
     return url

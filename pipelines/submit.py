@@ -36,6 +36,8 @@ JOBS = {
 # What never travels to the cluster: environments, outputs, caches, VCS data.
 EXCLUDES = [".venv", ".git", "demo_out", "bench_out", "**/__pycache__", "*.egg-info",
             ".pytest_cache", ".ruff_cache", "tests/data"]  # fmt: skip
+# Where the resolved spec waits to be uploaded with the working directory. Not in .gitignore on
+# purpose: Ray's packaging skips git-ignored files. It is deleted right after the upload.
 STAGING = ".stf-submit"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 

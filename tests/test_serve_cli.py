@@ -44,6 +44,9 @@ def test_stf_serve_command_serves_until_interrupted(ray_local, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+        from ray import serve
+
+        serve.shutdown()  # whatever happened above, no replica keeps CPUs from later tests
     # Serve was shut down with the command: the port no longer answers.
     try:
         requests.get(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -54,6 +54,7 @@ def ray_head():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the Ray head did not start")
             time.sleep(0.5)
+        _wait_for_job_agent(url, deadline)
         yield url
     finally:
         proc.terminate()  # `ray start --block` stops this node's processes when it ends
@@ -62,6 +63,26 @@ def ray_head():
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_job_agent(url: str, deadline: float) -> None:
+    """The dashboard answers before its job agent is registered ("No available agent to submit
+    job"): wait until a trivial job runs."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(url)
+    while True:
+        try:
+            job = client.submit_job(entrypoint="echo ready")
+            break
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Ray head's job agent did not run a trivial job")
+        time.sleep(0.5)
 
 
 def _stf(*args, timeout=600) -> subprocess.CompletedProcess:
