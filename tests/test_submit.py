@@ -33,13 +33,20 @@ def ray_head():
     """A Ray head with the Jobs API on 127.0.0.1; yields the dashboard URL."""
     temp_dir = tempfile.mkdtemp(prefix="rh-")
     port, dashboard = _free_port(), _free_port()
+    # Every port a second cluster would otherwise share with the session's own Ray (its dashboard
+    # agent's default port is taken, and the job agent then never registers).
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}",
+                   f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--metrics-export-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}"]  # fmt: skip
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     ray = shutil.which("ray", path=str(BIN)) or "ray"
     proc = subprocess.Popen(
         [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", "--include-dashboard=true", "--disable-usage-stats"],
+         f"--temp-dir={temp_dir}", "--include-dashboard=true", "--disable-usage-stats",
+         *agent_ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{dashboard}"

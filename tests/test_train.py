@@ -136,6 +136,7 @@ def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(shards, tmp
     assert summary["metrics"]["step"] == 9
 
 
+@pytest.mark.slow  # ~105 s on 2 cores; `make test-slow` runs it (the CI budget is 15 minutes)
 def test_a_killed_worker_is_replaced_and_the_run_finishes(shards, tmp_path):
     import psutil
 
