@@ -156,7 +156,7 @@ def _image_rows(location: str, spec: InferSpec) -> pa.Table:
         )
     prefix = len(_url(location, base).rstrip("/")) + 1
     ids = [u[prefix:] for u in urls]
-    prompts = [_render(spec, {"prompt": spec.prompt}) for _ in urls]
+    prompts = [_render(spec, {"prompt": spec.prompt})] * len(urls)
     return _rows_table(ids, urls, prompts)
 
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from jobkill import kill_cli_job_when
 from PIL import Image
 
 from pipelines.evaluate import EvalSpec, normalize_answer, score, summary_line
@@ -135,26 +132,15 @@ def test_killed_run_resumes_and_writes_each_id_once(ray_local, model_dir, tmp_pa
     images = tmp_path / "images"
     _images(images, 48)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "pipelines.cli", "infer", "--set", f"model.path={model_dir}",
-            "--set", f"inputs={images}", "--set", f"output={out}", "--set", "max_new_tokens=24",
-            "--set", "batch_size=2", "--set", "rows_per_file=2"]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": ray_local}
-    proc = subprocess.Popen(args, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "parts").exists() and any(
-                p.suffix == ".parquet" for p in (out / "parts").iterdir()
-            ):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the job ended before any output was written"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    args = ["infer", "--set", f"model.path={model_dir}", "--set", f"inputs={images}",
+            "--set", f"output={out}", "--set", "max_new_tokens=24", "--set", "batch_size=2",
+            "--set", "rows_per_file=2"]  # fmt: skip
+    parts = out / "parts"
+    kill_cli_job_when(
+        args,
+        ray_local,
+        lambda: parts.exists() and any(p.suffix == ".parquet" for p in parts.iterdir()),
+    )
     assert not (out / "summary.json").exists()
     spec = _spec(model_dir, str(images), out, max_new_tokens=24, batch_size=2, rows_per_file=2)
     summary = run_infer(spec)

@@ -4,16 +4,13 @@ failed run never looks complete."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from bad_inputs import write_bad_corpus
+from jobkill import kill_cli_job_when
 
 from pipelines.cli import main
 from pipelines.preprocess import PreprocessFailed, PreprocessSpec, run
@@ -191,24 +188,11 @@ def test_a_killed_run_leaves_nothing_that_looks_complete(ray_local, tmp_path):
     root = tmp_path / "corpus"
     write_corpus(root, n=600, seed=1, n_eval=0)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "pipelines.cli", "preprocess", "--set", f"output={out}"]
-    args += ["--set", f"inputs={root / 'finetune.jsonl'}", "--set", "rows_per_shard=8"]
-    args += ["--set", "batch_size=4"]
-    env = {**os.environ, "RAY_ADDRESS": ray_local}
-    proc = subprocess.Popen(args, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "shards").exists() and os.listdir(out / "shards"):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the job ended before any shard was written"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    args = ["preprocess", "--set", f"output={out}", "--set", f"inputs={root / 'finetune.jsonl'}",
+            "--set", "rows_per_shard=8", "--set", "batch_size=4"]  # fmt: skip
+    kill_cli_job_when(
+        args, ray_local, lambda: (out / "shards").exists() and bool(os.listdir(out / "shards"))
+    )
     assert os.listdir(out / "shards") and not (out / "manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="did not finish"):
         read_manifest(str(out))
