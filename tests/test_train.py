@@ -127,6 +127,7 @@ def test_first_zero2_step_equals_a_plain_pytorch_step(tmp_path):
         torch.testing.assert_close(trained[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow  # ~75 s on 2 cores; `make test-slow` runs it (the CI budget is 15 minutes)
 def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(shards, tmp_path):
     first = spec_for(tmp_path, "resume", shards["pretrain"], max_steps=5, checkpoint_every=5)
     run(first)
