@@ -10,7 +10,6 @@ Each job section holds a block between ``<!-- spec-reference: JOB -->`` and
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import sys
 from pathlib import Path
@@ -20,13 +19,12 @@ BLOCK = re.compile(r"(<!-- spec-reference: (\w+) -->\n)(.*?)(<!-- /spec-referenc
 
 
 def render(text: str) -> str:
-    from pipelines.cli import SPECS
+    from pipelines.cli import spec_class
     from pipelines.spec import spec_reference
 
     def fill(match: re.Match) -> str:
         job = match.group(2)
-        module, name = SPECS[job].split(":")
-        cls = getattr(importlib.import_module(module), name)
+        cls = spec_class(job)
         body = f"<details><summary>All keys of <code>stf {job}</code>'s spec (`stf spec {job}`)</summary>\n\n"
         body += f"```yaml\n{spec_reference(cls)}\n```\n\n</details>\n"
         return match.group(1) + body + match.group(4)

@@ -19,7 +19,8 @@ SPECS = {
 }
 
 
-def _spec_class(job: str):
+def spec_class(job: str):
+    """The spec model of a job (``SPECS``), imported on first use."""
     import importlib
 
     module, name = SPECS[job].split(":")
@@ -153,7 +154,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from pipelines.spec import load_spec
 
     job = args.job or submit.detect_job(args.spec, args.overrides)
-    spec = load_spec(submit.spec_class(job), args.spec, args.overrides)
+    spec = load_spec(spec_class(job), args.spec, args.overrides)
     submission_id = submit.submit(job, spec, args.address, args.submission_id)
     print(f"submitted stf {job} as {submission_id}", flush=True)
     if not args.wait:
@@ -214,7 +215,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_spec(args: argparse.Namespace) -> int:
     from pipelines.spec import spec_reference
 
-    cls = _spec_class(args.job)
+    cls = spec_class(args.job)
     print(f"# stf {args.job}: {cls.__doc__.strip().splitlines()[0]}")
     print(spec_reference(cls))
     return 0

@@ -10,7 +10,6 @@ Kubernetes secrets) provides credentials.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import sys
@@ -21,18 +20,11 @@ from typing import Any
 
 import yaml
 
+from pipelines.cli import SPECS, spec_class
 from pipelines.spec import JobSpec, SpecError, load_spec
 
 log = logging.getLogger(__name__)
 
-# The jobs `stf submit` can run, and their spec classes.
-JOBS = {
-    "preprocess": "pipelines.preprocess:PreprocessSpec",
-    "train": "pipelines.train:TrainSpec",
-    "serve": "pipelines.serve:ServeSpec",
-    "infer": "pipelines.infer:InferSpec",
-    "eval": "pipelines.evaluate:EvalSpec",
-}
 # What never travels to the cluster: environments, outputs, caches, VCS data.
 EXCLUDES = [".venv", ".git", "demo_out", "bench_out", "**/__pycache__", "*.egg-info",
             ".pytest_cache", ".ruff_cache", "tests/data"]  # fmt: skip
@@ -42,16 +34,11 @@ STAGING = ".stf-submit"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def spec_class(job: str) -> type[JobSpec]:
-    module, name = JOBS[job].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def detect_job(path: str | None, overrides: list[str]) -> str:
     """The one job whose spec schema the file validates against (specs forbid unknown keys, so
     the schemas do not overlap in practice); ambiguity or no match is a :class:`SpecError`."""
     matches, problems = [], {}
-    for job in JOBS:
+    for job in SPECS:
         try:
             load_spec(spec_class(job), path, overrides)
             matches.append(job)

@@ -152,22 +152,13 @@ def test_cluster_launcher_yaml_matches_rays_schema():
     assert list(validator.iter_errors(broken))
 
 
-EXAMPLE_JOBS = {"preprocess": "pipelines.preprocess:PreprocessSpec",
-                "train": "pipelines.train:TrainSpec", "serve": "pipelines.serve:ServeSpec",
-                "infer": "pipelines.infer:InferSpec", "eval": "pipelines.evaluate:EvalSpec"}  # fmt: skip
-
-
 @pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
 def test_example_specs_validate(path):
-    import importlib
-
+    from pipelines.cli import spec_class
     from pipelines.spec import load_spec
 
     job = path.split("-")[0]
-    module, name = EXAMPLE_JOBS[job].split(":")
-    spec = load_spec(
-        getattr(importlib.import_module(module), name), str(ROOT / "examples" / path), []
-    )
+    spec = load_spec(spec_class(job), str(ROOT / "examples" / path), [])
     if "cloud" in path and job == "train":
         assert spec.scaling.use_gpu and spec.deepspeed.zero_stage == 2
         assert spec.deepspeed.precision == "bf16" and spec.storage_path.startswith("s3://")
