@@ -30,10 +30,11 @@ def main() -> None:
     parser.add_argument("--model", help="model directory (default: a random tiny model)")
     args = parser.parse_args()
 
-    from pipelines.infer import InferSpec, list_rows
-    from pipelines.infer import run as infer
-    from pipelines.model_loader import InferenceModel, load_generator
-    from pipelines.spec import StorageOptions
+    from pipelines.infer import InferSpec
+    from pipelines.infer.job import run as infer
+    from pipelines.infer.rows import list_rows
+    from pipelines.models import load_generator
+    from pipelines.spec import InferenceModel, StorageOptions
     from stf_model import build_tiny, save_model_dir
     from stf_model.generation import ChatPrompt, SamplingParams
     from stf_model.processing import decode_image
@@ -48,10 +49,16 @@ def main() -> None:
     cores = os.cpu_count() or 1
 
     def spec(output: str, concurrency: int, limit: int | None = None) -> InferSpec:
-        return InferSpec(model=InferenceModel(path=model_dir), inputs=[f"{tmp}/images"],
-                         output=output, max_new_tokens=args.max_tokens, batch_size=args.batch_size,
-                         concurrency=concurrency, num_cpus=cores // concurrency,
-                         limit=limit)  # fmt: skip
+        return InferSpec(
+            model=InferenceModel(path=model_dir),
+            inputs=[f"{tmp}/images"],
+            output=output,
+            max_new_tokens=args.max_tokens,
+            batch_size=args.batch_size,
+            concurrency=concurrency,
+            num_cpus=cores // concurrency,
+            limit=limit,
+        )
 
     # Plain loop: one process, all cores.
     torch.set_num_threads(cores)
@@ -65,8 +72,12 @@ def main() -> None:
         for row in chunk:
             with open(row["image"], "rb") as f:
                 image = decode_image(f.read(), 40_000_000)
-            messages = [{"role": "user", "content": [{"type": "image"},
-                                                     {"type": "text", "text": row["prompt"]}]}]  # fmt: skip
+            messages = [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": row["prompt"]}],
+                }
+            ]
             prompts.append(ChatPrompt(generator.render(messages), [image], params))
         generator.generate(prompts)
     plain = len(rows) / (time.perf_counter() - start)
@@ -78,8 +89,8 @@ def main() -> None:
         # The fixed start-up (planning, replicas importing torch and loading the model): the same
         # job on one batch per replica.
         small = args.batch_size * concurrency
-        fixed = infer(spec(f"{tmp}/small-{concurrency}", concurrency, small))["seconds"]
-        seconds = infer(spec(f"{tmp}/out-{concurrency}", concurrency))["seconds"]
+        fixed = infer(spec(f"{tmp}/small-{concurrency}", concurrency, small)).seconds
+        seconds = infer(spec(f"{tmp}/out-{concurrency}", concurrency)).seconds
         steady = (len(rows) - small) / max(seconds - fixed, 1e-9)
         results[concurrency] = {
             "end_to_end": len(rows) / seconds,
@@ -97,8 +108,10 @@ def main() -> None:
     print(f"{f'plain loop, 1 process x {cores} threads':<40}{plain:>10.1f}{1.0:>10.2f}")
     for concurrency, r in results.items():
         label = f"stf infer, {concurrency} replica(s) x {cores // concurrency} CPU"
-        print(f"{label:<40}{r['end_to_end']:>10.1f}{r['end_to_end'] / plain:>10.2f}"
-              f"{r['fixed_s']:>9.1f}{r['steady']:>10.1f}{r['steady'] / plain:>10.2f}")  # fmt: skip
+        print(
+            f"{label:<40}{r['end_to_end']:>10.1f}{r['end_to_end'] / plain:>10.2f}"
+            f"{r['fixed_s']:>9.1f}{r['steady']:>10.1f}{r['steady'] / plain:>10.2f}"
+        )
     print(json.dumps({"plain": plain, "ray": results}))
 
 

@@ -24,8 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from pipelines.preprocess import PreprocessSpec, RecordProcessor, run
+from pipelines.preprocess import PreprocessSpec
+from pipelines.preprocess.job import run
+from pipelines.preprocess.processor import RecordProcessor
 from pipelines.shards import SHARD_SCHEMA
+from pipelines.storage import read_many
 from pipelines.synth import write_corpus
 from stf_model import build_tiny_tokenizer, preset_config
 
@@ -46,7 +49,7 @@ def floor(spec: PreprocessSpec, out_dir: str) -> int:
         for line_no, line in enumerate(f, start=1):
             raw = {"source": path, "index": line_no - 1, "line": line_no, "raw": line}
             parsed = processor.parse({**raw, "error": None, "file_records": None})
-            images = processor.fetch_images([parsed.url] if parsed.url else [])
+            images = read_many([parsed.url] if parsed.url else [], spec.storage)
             sample = processor.sample(parsed, images)
             rows.append({"id": parsed.record_id, "source": path, "index": line_no - 1, **sample})
     table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
@@ -89,7 +92,7 @@ def main() -> None:
             fixed[workers] = time.perf_counter() - start
             start = time.perf_counter()
             manifest = run(spec.model_copy(update={"workers": workers, "overwrite": True}))
-            results[workers] = (manifest["counts"]["written"], time.perf_counter() - start)
+            results[workers] = (manifest.counts.written, time.perf_counter() - start)
         ray.shutdown()
 
     floor_rate = n_floor / t_floor

@@ -50,9 +50,10 @@ def main() -> None:
 
     from ray import serve
 
-    from pipelines.model_loader import InferenceModel, load_generator
-    from pipelines.serve import ServeSpec, run
-    from pipelines.spec import StorageOptions
+    from pipelines.models import load_generator
+    from pipelines.serve import ServeSpec
+    from pipelines.serve.builders import run
+    from pipelines.spec import InferenceModel, StorageOptions
     from stf_model import build_tiny, save_model_dir
     from stf_model.generation import ChatPrompt, SamplingParams
 
@@ -63,8 +64,15 @@ def main() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (320, 240), (30, 140, 200)).save(buffer, format="JPEG")
     image_url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
-                                             {"type": "text", "text": "How many shapes?"}]}]  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": "text", "text": "How many shapes?"},
+            ],
+        }
+    ]
     body = {"messages": messages, "max_tokens": args.max_tokens, "temperature": 0}
 
     # (a) direct, in this process: decode the image and generate, as the replica does per request.
@@ -85,13 +93,19 @@ def main() -> None:
     for wait in (args.batch_wait, 0.0):
         port = _free_port()
         spec = ServeSpec.model_validate(
-            {"model": {"path": model_dir}, "port": port,
-             # As many CPUs (hence torch threads: Ray sets OMP_NUM_THREADS) as the direct path.
-             "deployment": {"max_ongoing_requests": 32, "max_queued_requests": -1,
-                            "num_cpus": torch.get_num_threads()},
-             "batching": {"max_batch_size": 16, "batch_wait_timeout_s": wait},
-             "limits": {"max_tokens": max(args.max_tokens, 16)}}
-        )  # fmt: skip
+            {
+                "model": {"path": model_dir},
+                "port": port,
+                # As many CPUs (hence torch threads: Ray sets OMP_NUM_THREADS) as the direct path.
+                "deployment": {
+                    "max_ongoing_requests": 32,
+                    "max_queued_requests": -1,
+                    "num_cpus": torch.get_num_threads(),
+                },
+                "batching": {"max_batch_size": 16, "batch_wait_timeout_s": wait},
+                "limits": {"max_tokens": max(args.max_tokens, 16), "default_max_tokens": 16},
+            }
+        )
         url = run(spec, blocking=False) + "/v1/chat/completions"
         session = requests.Session()
         for _ in range(5):  # warm-up
@@ -112,8 +126,12 @@ def main() -> None:
             return args.load / (time.perf_counter() - start)
 
         rps1, rps16 = load(1), load(16)
-        results[wait] = {"p50": statistics.median(served), "p95": _percentile(served, 0.95),
-                         "rps1": rps1, "rps16": rps16}  # fmt: skip
+        results[wait] = {
+            "p50": statistics.median(served),
+            "p95": _percentile(served, 0.95),
+            "rps1": rps1,
+            "rps16": rps16,
+        }
         serve.shutdown()
     ray.shutdown()
 
@@ -123,14 +141,23 @@ def main() -> None:
     print(f"{'direct generate (in process)':<40}{d50 * 1e3:>9.1f}{d95 * 1e3:>9.1f}{'':>14}")
     for wait, r in results.items():
         label = f"Ray Serve HTTP, batch wait {wait * 1e3:.0f} ms"
-        print(f"{label:<40}{r['p50'] * 1e3:>9.1f}{r['p95'] * 1e3:>9.1f}"
-              f"{(r['p50'] - d50) * 1e3:>11.1f} ms")  # fmt: skip
+        print(
+            f"{label:<40}{r['p50'] * 1e3:>9.1f}{r['p95'] * 1e3:>9.1f}"
+            f"{(r['p50'] - d50) * 1e3:>11.1f} ms"
+        )
     print(f"\n{'throughput':<40}{'c=1 req/s':>11}{'c=16 req/s':>12}{'ratio':>8}")
     for wait, r in results.items():
         label = f"batch wait {wait * 1e3:.0f} ms"
         print(f"{label:<40}{r['rps1']:>11.1f}{r['rps16']:>12.1f}{r['rps16'] / r['rps1']:>7.2f}x")
-    print(json.dumps({"direct_p50_ms": d50 * 1e3, "direct_p95_ms": d95 * 1e3,
-                      "serve": {str(k): v for k, v in results.items()}}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "direct_p50_ms": d50 * 1e3,
+                "direct_p95_ms": d95 * 1e3,
+                "serve": {str(k): v for k, v in results.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

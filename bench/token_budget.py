@@ -43,9 +43,12 @@ def prefill_ms(model_dir: str, repeats: int = 30, wide: bool = False) -> float:
     if wide:
         with open(f"{model_dir}/config.json") as f:
             trained = json.load(f)
-        config = preset_config("tiny", stf_window=trained["stf_window"],
-                               vision_feature_layer=trained["vision_feature_layer"],
-                               **llm_shape("8x512"))  # fmt: skip
+        config = preset_config(
+            "tiny",
+            stf_window=trained["stf_window"],
+            vision_feature_layer=trained["vision_feature_layer"],
+            **llm_shape("8x512"),
+        )
         torch.manual_seed(0)
         model = STFForConditionalGeneration(config)
     else:
@@ -75,11 +78,11 @@ def main() -> None:
     from pipelines.evaluate import EvalSpec
     from pipelines.evaluate import run as evaluate
     from pipelines.preprocess import PreprocessSpec
-    from pipelines.preprocess import run as preprocess
+    from pipelines.preprocess.job import run as preprocess
     from pipelines.spec import load_spec
     from pipelines.synth import write_corpus
     from pipelines.train import TrainSpec
-    from pipelines.train import run as train
+    from pipelines.train.driver import run as train
 
     work = os.path.abspath(args.work)
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -88,8 +91,11 @@ def main() -> None:
     if not os.path.exists(f"{corpus}/synth.json"):
         write_corpus(corpus, n=args.n, seed=0)
     for stage, source in (("pretrain", "pretrain.json"), ("finetune", "finetune.jsonl")):
-        spec = load_spec(PreprocessSpec, f"examples/preprocess-{stage}.yaml",
-                         [f"inputs={corpus}/{source}", f"output={work}/shards/{stage}"])  # fmt: skip
+        spec = load_spec(
+            PreprocessSpec,
+            f"examples/preprocess-{stage}.yaml",
+            [f"inputs={corpus}/{source}", f"output={work}/shards/{stage}"],
+        )
         preprocess(spec)
 
     rows, report = [], {}
@@ -103,30 +109,46 @@ def main() -> None:
                 ("pretrain", args.pretrain_epochs),
                 ("finetune", args.finetune_epochs),
             ):
-                sets = [f"name={name}-{stage}", f"storage_path={work}/runs",
-                        f"data={work}/shards/{stage}", f"epochs={epochs}"]  # fmt: skip
+                sets = [
+                    f"name={name}-{stage}",
+                    f"storage_path={work}/runs",
+                    f"data={work}/shards/{stage}",
+                    f"epochs={epochs}",
+                ]
                 if stage == "pretrain":
                     sets.append(f"model_overrides={json.dumps(overrides)}")
                 else:
                     sets.append(f"init_from={work}/runs/{name}-pretrain/model")
                 train(load_spec(TrainSpec, f"examples/train-{stage}.yaml", sets))
-            evaluate(EvalSpec.model_validate(
-                {"model": {"path": model_dir}, "questions": f"{corpus}/eval.jsonl",
-                 "output": f"{work}/eval/{name}", "max_new_tokens": 8, "batch_size": 32,
-                 "concurrency": 2}
-            ))  # fmt: skip
+            evaluate(
+                EvalSpec.model_validate(
+                    {
+                        "model": {"path": model_dir},
+                        "questions": f"{corpus}/eval.jsonl",
+                        "output": f"{work}/eval/{name}",
+                        "max_new_tokens": 8,
+                        "batch_size": 32,
+                        "concurrency": 2,
+                    }
+                )
+            )
         with open(report_path) as f:
             report = json.load(f)
         with open(f"{model_dir}/config.json") as f:
             config = json.load(f)
         layers = config["vision_feature_layer"]
-        rows.append({
-            "config": name, "window": config["stf_window"],
-            "blocks": len(layers) if isinstance(layers, list) else 1,
-            "vision_tokens": (12 // config["stf_window"]) ** 2, "accuracy": report["accuracy"],
-            "by_type": report["by_type"], "model_dir": model_dir,
-            "minutes": (time.perf_counter() - started) / 60,
-        })  # fmt: skip
+        rows.append(
+            {
+                "config": name,
+                "window": config["stf_window"],
+                "blocks": len(layers) if isinstance(layers, list) else 1,
+                "vision_tokens": (12 // config["stf_window"]) ** 2,
+                "accuracy": report["accuracy"],
+                "by_type": report["by_type"],
+                "model_dir": model_dir,
+                "minutes": (time.perf_counter() - started) / 60,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     ray.shutdown()
     # Prefill after all training, on a quiet machine, in interleaved rounds so that drift in the
@@ -163,8 +185,10 @@ def write_outputs(rows: list[dict], baselines: dict, args: argparse.Namespace) -
             f"{r['prefill_wide_ms']:.2f} ({slowest_wide / r['prefill_wide_ms']:.2f}x) | {types} |"
         )
     if baselines:
-        lines.append(f"\nBaselines on the same split: chance {baselines['chance']:.1%}, "
-                     f"majority answer {baselines['majority']:.1%}.")  # fmt: skip
+        lines.append(
+            f"\nBaselines on the same split: chance {baselines['chance']:.1%}, "
+            f"majority answer {baselines['majority']:.1%}."
+        )
     lines.append(
         f"\n`python bench/token_budget.py --n {args.n} --pretrain-epochs {args.pretrain_epochs} "
         f"--finetune-epochs {args.finetune_epochs}`"
@@ -177,19 +201,31 @@ def write_outputs(rows: list[dict], baselines: dict, args: argparse.Namespace) -
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in rows:
         marker = "o" if r["blocks"] > 1 else "s"
-        ax.scatter(r["vision_tokens"], r["accuracy"] * 100, marker=marker, s=60,
-                   color="tab:blue" if r["blocks"] > 1 else "tab:orange")  # fmt: skip
-        ax.annotate(f"{r['config']}\n{slowest_wide / r['prefill_wide_ms']:.2f}x prefill (8x512 LLM)",
-                    (r["vision_tokens"], r["accuracy"] * 100), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)  # fmt: skip
+        ax.scatter(
+            r["vision_tokens"],
+            r["accuracy"] * 100,
+            marker=marker,
+            s=60,
+            color="tab:blue" if r["blocks"] > 1 else "tab:orange",
+        )
+        ax.annotate(
+            f"{r['config']}\n{slowest_wide / r['prefill_wide_ms']:.2f}x prefill (8x512 LLM)",
+            (r["vision_tokens"], r["accuracy"] * 100),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
     if baselines:
-        ax.axhline(baselines["chance"] * 100, color="grey", linestyle="--", linewidth=1,
-                   label="chance")  # fmt: skip
+        ax.axhline(
+            baselines["chance"] * 100, color="grey", linestyle="--", linewidth=1, label="chance"
+        )
     ax.set_xscale("log")
     ax.set_xlabel("vision tokens per image (log)")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("LLaVA-STF tiny demo: accuracy vs vision tokens (circles MBTF, square one block)",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        "LLaVA-STF tiny demo: accuracy vs vision tokens (circles MBTF, square one block)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -28,11 +28,12 @@ import ray
 import torch
 
 from pipelines.preprocess import PreprocessSpec
-from pipelines.preprocess import run as preprocess
+from pipelines.preprocess.job import run as preprocess
 from pipelines.shards import read_manifest, shard_urls
 from pipelines.synth import write_corpus
-from pipelines.train import TrainSpec, build_model
-from pipelines.train import run as train
+from pipelines.train import TrainSpec
+from pipelines.train.driver import run as train
+from pipelines.train.loop import build_model
 from stf_model.collate import collate, length_grouped_batches
 
 
@@ -53,9 +54,13 @@ def plain_step_seconds(spec: TrainSpec, data: str, steps: int, skip: int, thread
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        batch = collate(next(batches), image_token_id=config.image_token_index,
-                        num_image_tokens=config.num_image_tokens, pad_token_id=3,
-                        image_size=config.vision_config.image_size)  # fmt: skip
+        batch = collate(
+            next(batches),
+            image_token_id=config.image_token_index,
+            num_image_tokens=config.num_image_tokens,
+            pad_token_id=3,
+            image_size=config.vision_config.image_size,
+        )
         model(**batch).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.deepspeed.gradient_clipping)
         optimizer.step()
@@ -91,13 +96,18 @@ def main() -> None:
 
         def spec(name: str, workers: int, cpus: int = 1) -> TrainSpec:
             return TrainSpec(
-                name=name, storage_path=f"{tmp}/runs", stage="finetune", data=[data],
+                name=name,
+                storage_path=f"{tmp}/runs",
+                stage="finetune",
+                data=[data],
                 model_overrides={"text.num_hidden_layers": args.text_layers},
-                max_steps=args.steps, log_every=args.window, checkpoint_every=10**6,
+                max_steps=args.steps,
+                log_every=args.window,
+                checkpoint_every=10**6,
                 scaling={"num_workers": workers, "resources_per_worker": {"CPU": cpus}},
                 deepspeed={"zero_stage": 2, "precision": "fp32", "micro_batch_size": args.micro},
                 optimizer={"lr": 1e-4},
-            )  # fmt: skip
+            )
 
         cores = int(ray.cluster_resources()["CPU"])
         rows = []  # (label, seconds per step, workers, plain seconds to compare with or None)

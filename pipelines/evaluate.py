@@ -10,15 +10,17 @@ from __future__ import annotations
 import posixpath
 import string
 from collections import defaultdict
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
-from pipelines.infer import InferSpec, read_output, read_records
-from pipelines.infer import run as run_inference
-from pipelines.model_loader import InferenceModel
-from pipelines.spec import JobSpec, StorageOptions
-from pipelines.storage import Location, join, read_json, write_json_atomic
+from pipelines.documents import Document
+from pipelines.errors import InputError
+from pipelines.infer.rows import read_records
+from pipelines.infer.spec import InferSpec
+from pipelines.spec import InferenceModel, JobSpec, Location, StorageOptions
+from pipelines.storage import join
+from pipelines.synth import Baselines, CorpusInfo
 
 _ARTICLES = {"a", "an", "the"}
 _DIGITS = {
@@ -36,7 +38,41 @@ def normalize_answer(text: str) -> str:
     return " ".join(words)
 
 
-def score(predictions: list[dict[str, Any]]) -> dict[str, Any]:
+class Score(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int
+    accuracy: float
+    by_type: dict[str, float]
+
+
+class Example(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    question: str | None
+    answer: str
+    prediction: str | None
+
+
+class EvalReport(Document):
+    """``OUTPUT/report.json``: accuracy overall and per question type, with the baselines when
+    the questions come from the synthetic corpus."""
+
+    KIND = "evaluation report"
+    REMEDY = "re-run `stf eval` with this version"
+
+    schema_version: Literal[1] = 1
+    n: int
+    accuracy: float
+    by_type: dict[str, float]
+    errors: int = Field(description="questions without an answer (error rows), counted wrong")
+    model: str
+    questions: str
+    baselines: Baselines | None = None
+    examples: list[Example]
+
+
+def score(predictions: list[dict[str, Any]]) -> Score:
     """Accuracy overall and per ``question_type`` from rows with ``answer`` and ``prediction``
     (a row without a prediction, e.g. an unreadable image, counts as wrong)."""
     by_type: dict[str, list[bool]] = defaultdict(list)
@@ -47,11 +83,11 @@ def score(predictions: list[dict[str, Any]]) -> dict[str, Any]:
         )
         by_type[row.get("question_type") or "all"].append(hit)
     hits = [h for values in by_type.values() for h in values]
-    return {
-        "n": len(hits),
-        "accuracy": sum(hits) / len(hits) if hits else 0.0,
-        "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
-    }
+    return Score(
+        n=len(hits),
+        accuracy=sum(hits) / len(hits) if hits else 0.0,
+        by_type={t: sum(v) / len(v) for t, v in sorted(by_type.items())},
+    )
 
 
 class EvalSpec(JobSpec):
@@ -86,17 +122,31 @@ class EvalSpec(JobSpec):
 
     def inference_spec(self) -> InferSpec:
         return InferSpec(
-            model=self.model, inputs=[self.questions], output=join(self.output, "predictions"),
-            image_root=self.image_folder, id_column=self.id_column, image_column=self.image_column,
-            prompt_column=self.question_column, prompt_template=self.prompt_template,
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, limit=self.limit,
-            batch_size=self.batch_size, concurrency=self.concurrency, num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus, answers_jsonl=True, storage=self.storage,
-        )  # fmt: skip
+            model=self.model,
+            inputs=[self.questions],
+            output=join(self.output, "predictions"),
+            image_root=self.image_folder,
+            id_column=self.id_column,
+            image_column=self.image_column,
+            prompt_column=self.question_column,
+            prompt_template=self.prompt_template,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            limit=self.limit,
+            batch_size=self.batch_size,
+            concurrency=self.concurrency,
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+            answers_jsonl=True,
+            storage=self.storage,
+        )
 
 
-def run(spec: EvalSpec) -> dict[str, Any]:
+def run(spec: EvalSpec) -> EvalReport:
     """Answers every question (resuming an interrupted run), scores, writes ``report.json``."""
+    from pipelines.infer.job import read_output  # the driver imports Ray; the spec must not
+    from pipelines.infer.job import run as run_inference
+
     inference = spec.inference_spec()
     summary = run_inference(inference)
     answers = {row["id"]: row for row in read_output(inference).to_pylist()}
@@ -106,41 +156,37 @@ def run(spec: EvalSpec) -> dict[str, Any]:
         if key not in answers:
             continue  # beyond `limit`
         if record.get(spec.answer_column) is None:
-            raise ValueError(f"question {key!r} has no {spec.answer_column!r} (answer_column)")
+            raise InputError(f"question {key!r} has no {spec.answer_column!r} (answer_column)")
         rows.append(
             {
-                "question_id": key,
                 "question": record.get(spec.question_column),
-                "answer": record[spec.answer_column],
+                "answer": str(record[spec.answer_column]),
                 "question_type": record.get(spec.type_column),
                 "prediction": answers[key]["answer"],
-                "error": answers[key]["error"],
             }
         )
-    report = {
-        **score(rows),
-        "errors": summary["errors"],
-        "model": spec.model.path,
-        "questions": spec.questions,
-    }
-    meta = read_json(join(posixpath.dirname(spec.questions), "synth.json"), spec.storage)
-    if meta and "baselines" in meta:
-        report["baselines"] = meta["baselines"]
-    report["examples"] = [{k: r[k] for k in ("question", "answer", "prediction")} for r in rows[:5]]
-    write_json_atomic(join(spec.output, "report.json"), report, spec.storage)
+    corpus = CorpusInfo.read(join(posixpath.dirname(spec.questions), "synth.json"), spec.storage)
+    report = EvalReport(
+        **score(rows).model_dump(),
+        errors=summary.errors,
+        model=spec.model.path,
+        questions=spec.questions,
+        baselines=corpus.baselines if corpus is not None else None,
+        examples=[
+            Example(**{k: r[k] for k in ("question", "answer", "prediction")}) for r in rows[:5]
+        ],
+    )
+    report.write(join(spec.output, "report.json"), spec.storage)
     return report
 
 
-def summary_line(report: dict[str, Any]) -> str:
+def summary_line(spec: EvalSpec, report: EvalReport) -> str:
     """One line: accuracy, per type, errors and the baselines when known."""
-    per_type = ", ".join(f"{t} {a:.0%}" for t, a in report["by_type"].items())
-    line = f"eval: accuracy {report['accuracy']:.1%} on {report['n']} questions ({per_type})"
-    if report.get("errors"):
-        line += f"; {report['errors']} unanswered (error rows)"
-    baselines = report.get("baselines")
-    if baselines:
-        line += f"; chance {baselines['chance']:.1%}, majority answer {baselines['majority']:.1%}"
+    per_type = ", ".join(f"{t} {a:.0%}" for t, a in report.by_type.items())
+    line = f"eval: accuracy {report.accuracy:.1%} on {report.n} questions ({per_type})"
+    if report.errors:
+        line += f"; {report.errors} unanswered (error rows)"
+    if report.baselines is not None:
+        b = report.baselines
+        line += f"; chance {b.chance:.1%}, majority answer {b.majority:.1%}"
     return line
-
-
-__all__ = ["EvalSpec", "normalize_answer", "run", "score", "summary_line"]

@@ -9,27 +9,26 @@ Layout under the output URL::
 
 Readers trust only files listed by a manifest whose ``status`` is ``complete``, so a job killed
 half-way (files but no manifest) can never be mistaken for a finished dataset, on local disks or
-on S3 alike (S3 has no atomic rename; one PUT of the manifest is atomic).
+on S3 alike (S3 has no atomic rename; one PUT of the manifest is atomic). Preprocessing writes
+this layout (:mod:`pipelines.preprocess`); training reads it through :func:`read_shards`.
 """
 
 from __future__ import annotations
 
 import functools
-import uuid
-from collections import Counter
-from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from ray.data.block import Block, BlockAccessor, BlockMetadata
-from ray.data.datasource import Datasink, Datasource, ReadTask, WriteResult
+from pydantic import BaseModel, ConfigDict, Field
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
+from pipelines.documents import Document
+from pipelines.errors import InputError, MissingInput
 from pipelines.spec import StorageOptions
-from pipelines.storage import filesystem, fs_path, join, read_json
+from pipelines.storage import filesystem, fs_path, join
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 SHARD_SCHEMA = pa.schema(
@@ -53,134 +52,106 @@ QUARANTINE_SCHEMA = pa.schema(
         ("index", pa.int64()),  # 0-based record position in the file
         ("line", pa.int64()),  # 1-based line where the record starts
         ("id", pa.string()),
-        ("reason", pa.string()),  # a key of stf_model.records.REASONS
+        ("reason", pa.string()),  # a key of pipelines.reasons.REASONS
         ("detail", pa.string()),
     ]
 )
-# What the preprocessing map emits: a record's outcome (ok / error) or a file's count row.
-PROCESSED_SCHEMA = pa.schema(
-    [("status", pa.string())]
-    + [f for f in SHARD_SCHEMA if f.name not in ("id", "source", "index")]
-    + list(QUARANTINE_SCHEMA)
-    + [("file_records", pa.int64())]
-)
 
 
-class ShardsDatasink(Datasink[dict]):
-    """Writes processed rows: ``ok`` rows to ``shards/``, ``error`` rows to ``quarantine/``, and
-    tallies the count rows. The driver-side instance keeps the combined tally in ``summary``."""
-
-    def __init__(self, output: str, storage: StorageOptions, rows_per_shard: int, image_bytes: int):
-        self._output = output
-        self._storage = storage
-        self._rows_per_shard = rows_per_shard
-        # Row groups of about 64 MiB: small enough to stream, large enough to read efficiently.
-        self._row_group = max(1, min(rows_per_shard, (64 << 20) // max(image_bytes, 1)))
-        self.summary: dict[str, Any] | None = None
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self._rows_per_shard
-
-    def write(self, blocks: Iterable[Block], ctx) -> dict:
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-        table = pa.concat_tables(tables) if tables else PROCESSED_SCHEMA.empty_table()
-        status = table.column("status")
-        prefix = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-        ok = table.filter(pc.equal(status, "ok"))
-        bad = table.filter(pc.equal(status, "error"))
-        counts = table.filter(pc.equal(status, "count"))
-        return {
-            "shards": self._write_parts("shards", prefix, ok, SHARD_SCHEMA),
-            "quarantine": self._write_parts("quarantine", prefix, bad, QUARANTINE_SCHEMA),
-            "read": _tally(counts, "source", weights=counts.column("file_records").to_pylist()),
-            "written": _tally(ok, "source"),
-            "quarantined": _tally(bad, "source"),
-            "reasons": _tally(bad, "reason"),
-            "modality": _tally(ok, "modality"),
-            "truncated": int(pc.sum(ok.column("truncated")).as_py() or 0),
-            "tokens": int(pc.sum(ok.column("length")).as_py() or 0),
-            "supervised": int(pc.sum(ok.column("num_supervised")).as_py() or 0),
-        }
-
-    def _write_parts(
-        self, folder: str, prefix: str, table: pa.Table, schema: pa.Schema
-    ) -> list[dict]:
-        parts = []
-        fs = filesystem(self._output, self._storage)
-        # Ray hands us at least rows_per_shard rows (more when blocks do not divide evenly):
-        # split them into the nearest whole number of equal parts.
-        n_parts = max(1, round(table.num_rows / self._rows_per_shard)) if table.num_rows else 0
-        bounds = [table.num_rows * k // max(n_parts, 1) for k in range(n_parts + 1)]
-        for k in range(n_parts):
-            part = table.slice(bounds[k], bounds[k + 1] - bounds[k])
-            rel = f"{folder}/part-{prefix}-{k:04d}.parquet"
-            path = fs_path(join(self._output, rel))
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            with fs.open(path, "wb") as f:
-                pq.write_table(
-                    part.select(schema.names).cast(schema),
-                    f,
-                    row_group_size=self._row_group,
-                    compression="zstd",
-                )
-            parts.append({"path": rel, "rows": part.num_rows})
-        return parts
-
-    def on_write_complete(self, write_result: WriteResult[dict]) -> None:
-        lists, counters = (
-            ("shards", "quarantine"),
-            ("read", "written", "quarantined", "reasons", "modality"),
-        )
-        summary: dict[str, Any] = {key: [] for key in lists}
-        summary.update({key: Counter() for key in counters})
-        summary.update(truncated=0, tokens=0, supervised=0)
-        for part in write_result.write_returns:
-            for key, value in part.items():
-                if key in lists:
-                    summary[key].extend(value)
-                elif key in counters:
-                    summary[key].update(value)
-                else:
-                    summary[key] += value
-        for key in lists:
-            summary[key].sort(key=lambda p: p["path"])
-        self.summary = summary
+# ---- the manifest ------------------------------------------------------------------------------
 
 
-def _tally(table: pa.Table, column: str, weights: list[int] | None = None) -> dict[str, int]:
-    counts: Counter = Counter()
-    values = table.column(column).to_pylist()
-    for value, weight in zip(values, weights or [1] * len(values), strict=True):
-        counts[value] += weight
-    return dict(counts)
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def read_manifest(output: str, storage: StorageOptions | None = None) -> dict[str, Any]:
+class ShardFile(_Part):
+    path: str = Field(description="relative to the output directory")
+    rows: int
+
+
+class FileCounts(_Part):
+    read: int
+    written: int
+    quarantined: int
+
+
+class Counts(_Part):
+    read: int
+    written: int
+    quarantined: int
+    truncated: int
+    error_rate: float
+    by_reason: dict[str, int]
+    by_modality: dict[str, int]
+    tokens: int
+    supervised_tokens: int
+
+
+class ImageGeometry(_Part):
+    size: int = Field(description="the tower's input side: pixels are (3, size, size)")
+    aspect: Literal["pad", "crop"]
+    layout: Literal["CHW"] = "CHW"
+    dtype: Literal["uint8"] = "uint8"
+    normalized: bool = False
+
+
+class TokenizerInfo(_Part):
+    source: str
+    fingerprint: str
+    vocab_size: int
+    image_token_id: int
+    pad_token_id: int | None
+
+
+class ShardManifest(Document):
+    """What a preprocessing run wrote and how: the contract between preprocessing and training.
+
+    ``skipped`` is not stored: it tells the caller of a run that the output was already complete
+    for the same spec and inputs, and nothing was rebuilt."""
+
+    KIND = "shard manifest"
+    REMEDY = "re-run `stf preprocess` with this version"
+
+    schema_version: Literal[1] = 1
+    status: Literal["complete", "failed"]
+    failure: str | None = None
+    fingerprint: str
+    created: str
+    seconds: float
+    counts: Counts
+    files: dict[str, FileCounts]
+    shards: list[ShardFile]
+    quarantine: list[ShardFile]
+    template: str
+    max_length: int
+    image_tokens: int
+    image: ImageGeometry
+    tokenizer: TokenizerInfo
+    spec: dict[str, Any]
+    skipped: bool = Field(False, exclude=True)
+
+
+def read_manifest(output: str, storage: StorageOptions | None = None) -> ShardManifest:
     """The manifest of a finished preprocessing run; raises when the output is missing,
-    unfinished or failed, so a trainer never starts on partial data."""
-    storage = storage or StorageOptions()
-    manifest = read_json(join(output, MANIFEST), storage)
+    unfinished, failed or of another schema version, so a trainer never starts on partial data."""
+    manifest = ShardManifest.read(join(output, MANIFEST), storage or StorageOptions())
     if manifest is None:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{output} has no {MANIFEST}: preprocessing did not run there or did not finish; "
             "run `stf preprocess` (it rebuilds unfinished outputs)"
         )
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{output}: shard schema version {manifest.get('schema_version')}, this code reads "
-            f"{SCHEMA_VERSION}; re-run `stf preprocess` with this version"
-        )
-    if manifest.get("status") != "complete":
-        raise ValueError(
-            f"{output}: preprocessing {manifest.get('status')}: {manifest.get('failure')}"
-        )
+    if manifest.status != "complete":
+        raise InputError(f"{output}: preprocessing {manifest.status}: {manifest.failure}")
     return manifest
 
 
-def shard_urls(output: str, manifest: dict[str, Any], folder: str = "shards") -> list[str]:
+def shard_urls(output: str, manifest: ShardManifest, folder: str = "shards") -> list[str]:
     """Full URLs of the files a manifest lists (``shards`` or ``quarantine``)."""
-    return [join(output, part["path"]) for part in manifest[folder]]
+    return [join(output, part.path) for part in getattr(manifest, folder)]
+
+
+# ---- reading the shards ------------------------------------------------------------------------
 
 
 class ShardsDatasource(Datasource):
@@ -216,10 +187,8 @@ def _read_row_groups(url: str, storage: StorageOptions):
             yield parquet.read_row_group(group)
 
 
-def read_shards(outputs: list[str], storage: StorageOptions | None = None):
-    """A Ray Dataset over the shards of finished preprocessing outputs (manifests checked)."""
+def read_shards(urls: list[str], storage: StorageOptions):
+    """A Ray Dataset over shard files (from :func:`shard_urls`), reserving no CPU."""
     import ray
 
-    storage = storage or StorageOptions()
-    urls = [url for out in outputs for url in shard_urls(out, read_manifest(out, storage))]
     return ray.data.read_datasource(ShardsDatasource(urls, storage), num_cpus=0)

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+)
+
+from pipelines.errors import SpecError
 
 SpecT = TypeVar("SpecT", bound="JobSpec")
-
-
-class SpecError(ValueError):
-    """A spec the user must fix; the message names the file, the key and the problem."""
 
 
 class JobSpec(BaseModel):
@@ -55,6 +61,45 @@ class StorageOptions(JobSpec):
         if self.region:
             options["client_kwargs"] = {"region_name": self.region}
         return options
+
+
+def absolute(url: str) -> str:
+    """Local paths made absolute (workers on other nodes or in other folders must read the same
+    place); ``s3://`` URLs unchanged."""
+    return url if url.startswith("s3://") else os.path.abspath(os.path.expanduser(url))
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# The model library's preset names (``stf_model.PRESETS``; a test keeps the two equal), named
+# here so that validating a spec does not import the library and its frameworks.
+PRESET_NAMES = ("tiny", "llava-stf-7b", "llava-1.5-7b")
+
+
+def _model_ref(value: str) -> str:
+    return value if value in PRESET_NAMES else absolute(value)
+
+
+# Spec field types: a location is a local path (made absolute) or an s3:// URL; a list of them
+# also accepts one string; a model reference is a preset name or a model directory location.
+Location = Annotated[str, AfterValidator(absolute)]
+Locations = Annotated[list[Location], BeforeValidator(_one_or_many)]
+ModelRef = Annotated[str, AfterValidator(_model_ref)]
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class InferenceModel(JobSpec):
+    """Which model to run, and on what."""
+
+    path: Location = Field(description="exported model directory (stf train's RUN/model), or s3://")
+    dtype: Dtype = Field(
+        "auto", description="weights dtype; auto = bfloat16 on a GPU that supports it, else float32"
+    )
+    device: Device = Field("auto", description="auto = cuda when this process has a GPU")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -6,17 +6,19 @@ then runs on a laptop and on a cluster reading from object storage.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
 import posixpath
+import shutil
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 import fsspec
-from pydantic import AfterValidator, BeforeValidator
 
+from pipelines.errors import MissingInput
 from pipelines.spec import StorageOptions
 
 
@@ -36,29 +38,6 @@ def filesystem(url: str, storage: StorageOptions) -> fsspec.AbstractFileSystem:
 def fs_path(url: str) -> str:
     """The path fsspec expects: ``bucket/key`` for S3, an absolute path for local files."""
     return url[len("s3://") :] if is_s3(url) else os.path.abspath(os.path.expanduser(url))
-
-
-def absolute(url: str) -> str:
-    """Local paths made absolute (workers on other nodes or in other folders must read the same
-    place); ``s3://`` URLs unchanged."""
-    return url if is_s3(url) else os.path.abspath(os.path.expanduser(url))
-
-
-def _one_or_many(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-def _model_ref(value: str) -> str:
-    from stf_model import PRESETS
-
-    return value if value in PRESETS else absolute(value)
-
-
-# Spec field types: a location is a local path (made absolute) or an s3:// URL; a list of them
-# also accepts one string; a model reference is a preset name or a model directory location.
-Location = Annotated[str, AfterValidator(absolute)]
-Locations = Annotated[list[Location], BeforeValidator(_one_or_many)]
-ModelRef = Annotated[str, AfterValidator(_model_ref)]
 
 
 def to_url(url_like: str, path: str) -> str:
@@ -82,7 +61,7 @@ def expand_inputs(patterns: list[str], storage: StorageOptions) -> list[tuple[st
         matches = fs.glob(fs_path(pattern), detail=True)
         files = {p: info for p, info in matches.items() if info.get("type") == "file"}
         if not files:
-            raise FileNotFoundError(f"input {pattern!r} matches no file")
+            raise MissingInput(f"input {pattern!r} matches no file")
         for path, info in files.items():
             found[to_url(pattern, path)] = int(info.get("size") or 0)
     return sorted(found.items())
@@ -135,6 +114,30 @@ def write_json_atomic(url: str, payload: Any, storage: StorageOptions) -> None:
     os.replace(tmp, path)
 
 
+def write_text(url: str, text: str, storage: StorageOptions) -> None:
+    """Writes a small text file (parent folders created); one PUT on S3."""
+    fs = filesystem(url, storage)
+    path = fs_path(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    fs.pipe_file(path, text.encode())
+    if is_s3(url):
+        fs.invalidate_cache(posixpath.dirname(path))
+
+
+def upload_dir(local_dir: str, url: str, storage: StorageOptions) -> None:
+    """Copies a local directory to ``url``, replacing a local target; S3 objects are uploaded
+    over whatever the prefix holds."""
+    if not is_s3(url):
+        target = fs_path(url)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        shutil.copytree(local_dir, target)
+        return
+    fs = filesystem(url, storage)
+    fs.put(local_dir.rstrip("/") + "/", fs_path(url).rstrip("/") + "/", recursive=True)
+    fs.invalidate_cache()
+
+
 def read_json(url: str, storage: StorageOptions) -> Any | None:
     """The parsed JSON at ``url``, or None when there is no such file."""
     fs = filesystem(url, storage)
@@ -143,6 +146,14 @@ def read_json(url: str, storage: StorageOptions) -> Any | None:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+def remove_file(url: str, storage: StorageOptions) -> None:
+    """Deletes one file if it exists."""
+    fs = filesystem(url, storage)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(fs_path(url))
+    fs.invalidate_cache()
 
 
 def remove_tree(url: str, storage: StorageOptions) -> None:
@@ -175,7 +186,7 @@ def local_copy(
         if any(fnmatch.fnmatch(posixpath.basename(path), p) for p in patterns)
     }
     if not listing:
-        raise FileNotFoundError(f"{url} has no files matching {', '.join(patterns)}")
+        raise MissingInput(f"{url} has no files matching {', '.join(patterns)}")
     identity = sorted((rel, info.get("size"), info.get("ETag")) for rel, info in listing.items())
     key = hashlib.sha256(repr((url, identity)).encode()).hexdigest()[:16]
     root = cache_root or os.path.join(

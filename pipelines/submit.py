@@ -26,8 +26,17 @@ from pipelines.spec import JobSpec, SpecError, load_spec
 log = logging.getLogger(__name__)
 
 # What never travels to the cluster: environments, outputs, caches, VCS data.
-EXCLUDES = [".venv", ".git", "demo_out", "bench_out", "**/__pycache__", "*.egg-info",
-            ".pytest_cache", ".ruff_cache", "tests/data"]  # fmt: skip
+EXCLUDES = [
+    ".venv",
+    ".git",
+    "demo_out",
+    "bench_out",
+    "**/__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
+    "tests/data",
+]
 # Where the resolved spec waits to be uploaded with the working directory. Not in .gitignore on
 # purpose: Ray's packaging skips git-ignored files. It is deleted right after the upload.
 STAGING = ".stf-submit"
@@ -66,8 +75,13 @@ def client(address: str | None):
     return JobSubmissionClient(address)
 
 
-def submit(job: str, spec: JobSpec, address: str | None, submission_id: str | None = None,
-           entrypoint_num_cpus: float = 0) -> str:  # fmt: skip
+def submit(
+    job: str,
+    spec: JobSpec,
+    address: str | None,
+    submission_id: str | None = None,
+    entrypoint_num_cpus: float = 0,
+) -> str:
     """Submits ``spec`` as ``stf JOB`` and returns the submission id."""
     jobs = client(address)
     root = project_root()
@@ -133,7 +147,13 @@ def wait(address: str | None, submission_id: str, timeout_s: float = 3600) -> st
 def list_jobs(address: str | None) -> list[dict[str, Any]]:
     rows = []
     for info in client(address).list_jobs():
-        rows.append({"submission_id": info.submission_id, "status": str(info.status.value),
-                     "entrypoint": info.entrypoint, "start_time": info.start_time,
-                     "message": info.message})  # fmt: skip
+        rows.append(
+            {
+                "submission_id": info.submission_id,
+                "status": str(info.status.value),
+                "entrypoint": info.entrypoint,
+                "start_time": info.start_time,
+                "message": info.message,
+            }
+        )
     return sorted(rows, key=lambda r: r["start_time"] or 0)

@@ -1,6 +1,6 @@
 """A synthetic LLaVA-format corpus that a tiny model can learn: coloured shapes in quadrants.
 
-``stf synth --out DIR`` writes real JPEGs and three LLaVA files:
+``stf synth --set output=DIR`` writes real JPEGs and three LLaVA files:
 
 - ``pretrain.json`` (a JSON list, like LCS-558K): one caption per training image;
 - ``finetune.jsonl``: multi-turn short-answer questions about the training images, plus some
@@ -20,8 +20,13 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image, ImageDraw
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+from pipelines.documents import Document
+from pipelines.spec import JobSpec, Location, StorageOptions
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -122,6 +127,69 @@ def _with_image(text: str, rng: random.Random) -> str:
     return f"<image>\n{text}" if rng.random() < 0.5 else f"{text}\n<image>"
 
 
+class SynthSpec(JobSpec):
+    """Writes the synthetic shapes corpus (the demo's and the tests' data)."""
+
+    output: Location = Field(description="output directory (local)")
+    n: PositiveInt = Field(1000, description="training images")
+    n_eval: int | None = Field(None, ge=0, description="held-out questions (default n/5, >= 20)")
+    seed: int = 0
+    width: int = Field(96, ge=16, description="image width in pixels")
+    height: int = Field(72, ge=16, description="image height in pixels")
+
+    @field_validator("output")
+    @classmethod
+    def _local(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            raise ValueError("the synthetic corpus is written to a local folder; upload it after")
+        return value
+
+
+class Baselines(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chance: float = Field(description="uniform guessing within each question type's answers")
+    majority: float = Field(description="always the type's most common training answer")
+
+
+class CorpusInfo(Document):
+    """``synth.json``: what the corpus holds, and the baselines a trained model must beat."""
+
+    KIND = "synthetic corpus description"
+    REMEDY = "re-write the corpus with `stf synth`"
+
+    schema_version: Literal[1] = 1
+    n_train_images: int
+    n_eval: int
+    seed: int
+    image_size: tuple[int, int]
+    files: dict[str, str]
+    records: dict[str, int]
+    answers: dict[str, list[str]]
+    baselines: Baselines
+
+
+def run(spec: SynthSpec) -> CorpusInfo:
+    """Writes the corpus a spec describes."""
+    return write_corpus(
+        spec.output,
+        n=spec.n,
+        seed=spec.seed,
+        width=spec.width,
+        height=spec.height,
+        n_eval=spec.n_eval,
+    )
+
+
+def summary_line(spec: SynthSpec, info: CorpusInfo) -> str:
+    r, b = info.records, info.baselines
+    return (
+        f"synth {spec.output}: {r['pretrain']} captions (pretrain.json), {r['finetune']} "
+        f"conversations (finetune.jsonl), {r['eval']} eval questions (eval.jsonl); "
+        f"eval baselines: chance {b.chance:.1%}, majority answer {b.majority:.1%}"
+    )
+
+
 def write_corpus(
     out: str | Path,
     n: int = 1000,
@@ -130,12 +198,8 @@ def write_corpus(
     height: int = 72,
     n_eval: int | None = None,
     quality: int = 90,
-) -> dict:
-    """Writes the corpus under ``out`` and returns the contents of its ``synth.json``."""
-    if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}")
-    if width < 16 or height < 16:
-        raise ValueError(f"images must be at least 16x16 pixels, got {width}x{height}")
+) -> CorpusInfo:
+    """Writes the corpus under ``out`` and returns its ``synth.json``."""
     out = Path(out)
     n_eval = max(20, n // 5) if n_eval is None else n_eval
     rng = random.Random(seed)
@@ -193,26 +257,26 @@ def write_corpus(
     (out / "pretrain.json").write_text(json.dumps(pretrain))
     (out / "finetune.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finetune))
     (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evaluation))
-    meta = {
-        "n_train_images": n,
-        "n_eval": n_eval,
-        "seed": seed,
-        "image_size": [width, height],
-        "files": {"pretrain": "pretrain.json", "finetune": "finetune.jsonl", "eval": "eval.jsonl"},
-        "records": {"pretrain": len(pretrain), "finetune": len(finetune), "eval": len(evaluation)},
-        "answers": {t: list(a) for t, a in ANSWERS.items()},
-        "baselines": eval_baselines(evaluation, train_answers),
-    }
-    (out / "synth.json").write_text(json.dumps(meta, indent=2))
-    return meta
+    info = CorpusInfo(
+        n_train_images=n,
+        n_eval=n_eval,
+        seed=seed,
+        image_size=(width, height),
+        files={"pretrain": "pretrain.json", "finetune": "finetune.jsonl", "eval": "eval.jsonl"},
+        records={"pretrain": len(pretrain), "finetune": len(finetune), "eval": len(evaluation)},
+        answers={t: list(a) for t, a in ANSWERS.items()},
+        baselines=eval_baselines(evaluation, train_answers),
+    )
+    info.write(str(out / "synth.json"), StorageOptions())
+    return info
 
 
-def eval_baselines(evaluation: list[dict], train_answers: dict[str, Counter]) -> dict[str, float]:
+def eval_baselines(evaluation: list[dict], train_answers: dict[str, Counter]) -> Baselines:
     """Accuracy on ``evaluation`` of uniform guessing within each question type's answer set, and
     of always giving the type's most common training answer."""
     if not evaluation:
-        return {"chance": 0.0, "majority": 0.0}
+        return Baselines(chance=0.0, majority=0.0)
     chance = sum(1 / len(ANSWERS[q["question_type"]]) for q in evaluation) / len(evaluation)
     majority = {t: c.most_common(1)[0][0] if c else None for t, c in train_answers.items()}
     hits = sum(q["answer"] == majority[q["question_type"]] for q in evaluation)
-    return {"chance": round(chance, 4), "majority": round(hits / len(evaluation), 4)}
+    return Baselines(chance=round(chance, 4), majority=round(hits / len(evaluation), 4))

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from importlib import resources
 
+from stf_model.errors import ModelInputError
+
 CHAT_TEMPLATE_NAMES = ("plain", "vicuna_v1")
 
 
 def get_chat_template(name: str) -> str:
     """The Jinja source of a named template (``plain`` for pretraining, ``vicuna_v1`` for chat)."""
     if name not in CHAT_TEMPLATE_NAMES:
-        raise ValueError(f"unknown chat template {name!r}; known: {', '.join(CHAT_TEMPLATE_NAMES)}")
+        raise ModelInputError(
+            f"unknown chat template {name!r}; known: {', '.join(CHAT_TEMPLATE_NAMES)}"
+        )
     return resources.files("stf_model").joinpath("templates", f"{name}.jinja").read_text()

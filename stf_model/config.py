@@ -12,6 +12,7 @@ from dataclasses import field
 from transformers import LlavaConfig
 
 from stf_model.constants import CLIP_MEAN, CLIP_STD, PUBLISHED_MBTF_LAYERS
+from stf_model.errors import ModelInputError
 
 
 class STFConfig(LlavaConfig):
@@ -81,38 +82,40 @@ class STFConfig(LlavaConfig):
     def _check_fusion(self) -> None:
         vision = self.vision_config
         if vision.image_size % vision.patch_size:
-            raise ValueError(
+            raise ModelInputError(
                 f"vision image_size {vision.image_size} is not a multiple of patch_size "
                 f"{vision.patch_size}: the patch grid must be whole"
             )
         if self.vision_feature_select_strategy != "default":
-            raise ValueError(
+            raise ModelInputError(
                 "vision_feature_select_strategy must be 'default' (CLS token dropped) for STF: "
                 f"got {self.vision_feature_select_strategy!r}, which keeps CLS and breaks the square grid"
             )
         if not isinstance(self.stf_window, int) or self.stf_window < 1:
-            raise ValueError(f"stf_window must be a positive integer, got {self.stf_window!r}")
+            raise ModelInputError(f"stf_window must be a positive integer, got {self.stf_window!r}")
         grid = self.grid_size
         if grid % self.stf_window:
-            raise ValueError(
+            raise ModelInputError(
                 f"vision grid {grid}x{grid} is not divisible by stf_window {self.stf_window}; "
                 f"choose a window that divides {grid} "
                 f"(one of {[w for w in range(1, grid + 1) if grid % w == 0]})"
             )
         layers = self.feature_layers
         if not layers:
-            raise ValueError("vision_feature_layer is empty: give at least one hidden-state index")
+            raise ModelInputError(
+                "vision_feature_layer is empty: give at least one hidden-state index"
+            )
         num_states = vision.num_hidden_layers + 1  # index 0 is the embedding output
         bad = [i for i in layers if not -num_states <= i < num_states]
         if bad:
-            raise ValueError(
+            raise ModelInputError(
                 f"vision_feature_layer {bad} out of range for a vision tower with "
                 f"{vision.num_hidden_layers} blocks ({num_states} hidden states): "
                 f"valid indices are {-num_states}..{num_states - 1}"
             )
         normalised = [i % num_states for i in layers]
         if len(set(normalised)) != len(normalised):
-            raise ValueError(
+            raise ModelInputError(
                 f"vision_feature_layer {layers} names the same hidden state twice "
                 f"(as non-negative indices: {normalised})"
             )

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig
 from stf_model.chat_templates import get_chat_template
 from stf_model.config import STFConfig
 from stf_model.constants import IMAGE_TOKEN, PUBLISHED_MBTF_LAYERS
+from stf_model.errors import ModelInputError
 from stf_model.model_dir import save_model_dir
 from stf_model.modeling import STFForConditionalGeneration
 from stf_model.presets import clip_vit_l14_336
@@ -54,7 +55,7 @@ def read_state_dict(directory: str | os.PathLike, prefix: str = "") -> dict[str,
         files = sorted(directory.glob("*.bin"))
         loader = _load_bin
     if not files:
-        raise FileNotFoundError(f"no *.safetensors or *.bin weight files in {directory}")
+        raise ModelInputError(f"no *.safetensors or *.bin weight files in {directory}")
     state: dict[str, torch.Tensor] = {}
     for file in files:
         for key, tensor in loader(file).items():
@@ -74,7 +75,7 @@ def map_published_key(key: str) -> str | None:
     for old, new in KEY_MAP:
         if key.startswith(old):
             return new + key[len(old) :]
-    raise ValueError(f"unexpected key {key!r} in a published LLaVA-STF checkpoint")
+    raise ModelInputError(f"unexpected key {key!r} in a published LLaVA-STF checkpoint")
 
 
 def infer_fusion(
@@ -88,7 +89,7 @@ def infer_fusion(
     proj_in = state["model.mm_projector.0.weight"].shape[1]
     window = math.isqrt(proj_in // vision_width)
     if window * window * vision_width != proj_in:
-        raise ValueError(
+        raise ModelInputError(
             f"mm_projector.0 takes {proj_in} features, not w*w*{vision_width} for any window w"
         )
     if "model.mm_projector_crosslayer.0.weight" not in state:
@@ -97,9 +98,9 @@ def infer_fusion(
         return blocks, window
     num_blocks = state["model.mm_projector_crosslayer.0.weight"].shape[1] // vision_width
     if num_blocks != len(PUBLISHED_MBTF_LAYERS):
-        raise ValueError(
+        raise ModelInputError(
             f"MBTF fuses {num_blocks} blocks, not the published {len(PUBLISHED_MBTF_LAYERS)}: "
-            "pass the block list explicitly (--blocks)"
+            "pass the block list explicitly (blocks)"
         )
     return list(PUBLISHED_MBTF_LAYERS), window
 
@@ -122,30 +123,22 @@ def convert_published_checkpoint(
         dtype: weights' dtype in ``dst``; default the source's ``torch_dtype``.
     """
     src = Path(src)
+    if not (src / "config.json").is_file():
+        raise ModelInputError(f"{src} has no config.json: it is not a checkpoint directory")
     src_config = json.loads((src / "config.json").read_text())
     state = read_state_dict(src)
     vision_config, vision_state = _vision_part(src_config, state, vision_tower)
-
-    llama_keys = LlamaConfig().to_dict().keys()
-    text_fields = {
-        k: v for k, v in src_config.items() if k in llama_keys and not k.startswith("mm_")
-    }
-    text_fields.pop("architectures", None)
-    text_fields.pop("model_type", None)
-    text_config = LlamaConfig(**text_fields)
-
+    text_config = _llama_config(src_config)
     feature_layers, inferred_window = infer_fusion(
         state, vision_config.hidden_size, src_config.get("mm_vision_select_layer", -2), blocks
     )
     tokenizer = _tokenizer_with_image_token(src, chat_template)
-    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    vocab_needed = max(len(tokenizer), text_config.vocab_size)
     config = STFConfig(
         vision_config=vision_config,
         text_config=text_config,
         vision_feature_layer=feature_layers,
         stf_window=window if window is not None else inferred_window,
-        image_token_index=image_token_id,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         projector_hidden_size=state["model.mm_projector.0.weight"].shape[0],
         mbtf_hidden_size=(
             state["model.mm_projector_crosslayer.0.weight"].shape[0]
@@ -153,36 +146,17 @@ def convert_published_checkpoint(
             else None
         ),
     )
-
-    ours: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        if key.startswith("model.vision_tower."):
-            continue  # taken by _vision_part
-        new_key = map_published_key(key)
-        if new_key is not None:
-            ours[new_key] = tensor
+    ours = {
+        new_key: tensor
+        for key, tensor in state.items()
+        # the vision tower's keys were taken by _vision_part
+        if not key.startswith("model.vision_tower.")
+        and (new_key := map_published_key(key)) is not None
+    }
     ours.update({"model.vision_tower." + k: v for k, v in vision_state.items()})
-
     source_dtype = src_config.get("torch_dtype") or src_config.get("dtype") or "float32"
-    target_dtype = dtype or getattr(torch, str(source_dtype))
-    with torch.device("meta"):
-        model = STFForConditionalGeneration(config)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(ours)), sorted(set(ours) - expected)
-    # CLIP's position_ids is a buffer that some CLIP dumps omit; it is recomputed, not learned.
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {src} does not match the model it describes: missing {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-        )
-    try:
-        model.load_state_dict(
-            {k: v.to(target_dtype) for k, v in ours.items()}, strict=False, assign=True
-        )
-    except RuntimeError as err:  # size mismatches: the config (window, blocks, tower) is wrong
-        raise ValueError(f"checkpoint {src} does not match the model it describes: {err}") from err
-    _materialise_buffers(model, config)
+    model = _load(config, ours, dtype or getattr(torch, str(source_dtype)), src)
+    vocab_needed = max(len(tokenizer), text_config.vocab_size)
     if vocab_needed > text_config.vocab_size:
         # <image> was added to the tokenizer: grow embeddings and head with mean rows (transformers).
         model.resize_token_embeddings(vocab_needed, pad_to_multiple_of=64, mean_resizing=True)
@@ -193,12 +167,46 @@ def convert_published_checkpoint(
     return model.config
 
 
+def _llama_config(src_config: dict) -> LlamaConfig:
+    """The LLM's config: the LLaMA fields of the published config, without LLaVA's ``mm_*``."""
+    llama_keys = LlamaConfig().to_dict().keys()
+    fields = {k: v for k, v in src_config.items() if k in llama_keys and not k.startswith("mm_")}
+    fields.pop("architectures", None)
+    fields.pop("model_type", None)
+    return LlamaConfig(**fields)
+
+
+def _load(
+    config: STFConfig, ours: dict[str, torch.Tensor], dtype: torch.dtype, src: Path
+) -> STFForConditionalGeneration:
+    """The model with exactly the given tensors (built on the meta device, then assigned)."""
+    with torch.device("meta"):
+        model = STFForConditionalGeneration(config)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(ours)), sorted(set(ours) - expected)
+    # CLIP's position_ids is a buffer that some CLIP dumps omit; it is recomputed, not learned.
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ModelInputError(
+            f"checkpoint {src} does not match the model it describes: missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+        )
+    try:
+        model.load_state_dict({k: v.to(dtype) for k, v in ours.items()}, strict=False, assign=True)
+    except RuntimeError as err:  # size mismatches: the config (window, blocks, tower) is wrong
+        raise ModelInputError(
+            f"checkpoint {src} does not match the model it describes: {err}"
+        ) from err
+    _materialise_buffers(model, config)
+    return model
+
+
 def _vision_part(
     src_config: dict, state: dict[str, torch.Tensor], vision_tower: str | os.PathLike | None
 ) -> tuple[CLIPVisionConfig, dict[str, torch.Tensor]]:
     """CLIP config and weights (keys as transformers' ``CLIPVisionModel``).
 
-    ``vision_tower`` (the ``--vision-tower`` flag) wins for both. Otherwise the weights bundled in
+    ``vision_tower``, when given, wins for both. Otherwise the weights bundled in
     the checkpoint are used, with the config of the ``mm_vision_tower`` the checkpoint names: a
     local CLIP directory (as LLaVA accepts) or a known hub name with a built-in config.
     """
@@ -212,17 +220,17 @@ def _vision_part(
     name = str(src_config.get("mm_vision_tower", ""))
     named_dir = Path(name) if name and Path(name).is_dir() else None
     if not bundled and named_dir is None:
-        raise ValueError(
+        raise ModelInputError(
             "the checkpoint has no vision tower weights: pass a local CLIP directory with "
-            "--vision-tower (e.g. a copy of openai/clip-vit-large-patch14-336)"
+            "vision_tower (e.g. a copy of openai/clip-vit-large-patch14-336)"
         )
     if named_dir is not None:
         config = CLIPVisionConfig.from_pretrained(named_dir)
         return config, bundled or clip_vision_weights(read_state_dict(named_dir))
     if name not in KNOWN_CLIP_TOWERS:
-        raise ValueError(
+        raise ModelInputError(
             f"the checkpoint's vision tower {name!r} has no built-in config: pass its directory "
-            "with --vision-tower"
+            "as vision_tower"
         )
     return KNOWN_CLIP_TOWERS[name](), bundled
 
@@ -244,7 +252,7 @@ def _tokenizer_with_image_token(src: Path, chat_template: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
     except (OSError, ValueError) as err:
-        raise ValueError(
+        raise ModelInputError(
             f"no usable tokenizer in {src}: copy the LLM's tokenizer files there"
         ) from err
     if IMAGE_TOKEN not in tokenizer.get_vocab():

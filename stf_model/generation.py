@@ -113,8 +113,14 @@ class _Progress(StoppingCriteria):
     back until the next token decides it.
     """
 
-    def __init__(self, tokenizer, prompts: Sequence[ChatPrompt], prompt_len: int, eos_ids,
-                 on_delta: OnDelta | None):  # fmt: skip
+    def __init__(
+        self,
+        tokenizer,
+        prompts: Sequence[ChatPrompt],
+        prompt_len: int,
+        eos_ids,
+        on_delta: OnDelta | None,
+    ):
         self.tokenizer, self.prompts, self.prompt_len = tokenizer, prompts, prompt_len
         self.eos_ids = set(eos_ids)
         self.on_delta = on_delta
@@ -243,6 +249,8 @@ class ChatGenerator:
         prompt_len = inputs["input_ids"].shape[1]
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         progress = _Progress(self.tokenizer, prompts, prompt_len, self.eos_ids, on_delta)
+        temperatures = [p.params.temperature for p in prompts]
+        sampling = RowwiseSampling(temperatures, [p.params.top_p for p in prompts])
         self.model.generate(
             **inputs,
             do_sample=True,
@@ -250,13 +258,7 @@ class ChatGenerator:
             top_p=1.0,
             top_k=0,
             max_new_tokens=max(p.params.max_new_tokens for p in prompts),
-            logits_processor=LogitsProcessorList(
-                [
-                    RowwiseSampling(
-                        [p.params.temperature for p in prompts], [p.params.top_p for p in prompts]
-                    )
-                ]  # fmt: skip
-            ),
+            logits_processor=LogitsProcessorList([sampling]),
             stopping_criteria=StoppingCriteriaList([progress]),
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,

@@ -11,6 +11,7 @@ from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel
 from transformers.models.llava.modeling_llava import LlavaPreTrainedModel
 
 from stf_model.config import STFConfig
+from stf_model.errors import ModelInputError
 from stf_model.processing import normalize_pixels
 from stf_model.projector import STFProjector
 
@@ -110,7 +111,7 @@ class STFForConditionalGeneration(LlavaForConditionalGeneration):
         tower is frozen in both. Returns parameter counts ``{"trainable", "frozen"}``.
         """
         if stage not in ("pretrain", "finetune"):
-            raise ValueError(f"unknown training stage {stage!r}: use 'pretrain' or 'finetune'")
+            raise ModelInputError(f"unknown training stage {stage!r}: use 'pretrain' or 'finetune'")
         train_llm = stage == "finetune"
         self.model.vision_tower.requires_grad_(False)
         self.model.multi_modal_projector.requires_grad_(True)

@@ -11,6 +11,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 
 from stf_model.config import STFConfig
 from stf_model.constants import PUBLISHED_MBTF_LAYERS, PUBLISHED_STF_WINDOW
+from stf_model.errors import ModelInputError
 from stf_model.modeling import STFForConditionalGeneration
 from stf_model.tokenizer import build_tiny_tokenizer
 
@@ -112,7 +113,7 @@ def preset_config(name: str, **overrides: Any) -> STFConfig:
     """The config of a named preset. Overrides are STFConfig fields (``stf_window=3``) or sub-config
     fields prefixed ``vision.`` / ``text.`` (``**{"text.num_hidden_layers": 4}``)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
+        raise ModelInputError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name](**overrides)
 
 

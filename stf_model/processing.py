@@ -20,6 +20,7 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 
 from stf_model.config import STFConfig
 from stf_model.constants import IMAGE_TOKEN
+from stf_model.errors import ModelInputError
 from stf_model.records import RecordError
 
 Aspect = Literal["pad", "crop"]
@@ -44,7 +45,7 @@ def build_image_processor(config: STFConfig, aspect: Aspect = "pad") -> LlavaIma
     """The image processor for a model: ``pad`` = LLaVA's pad-to-square with the mean colour then
     resize (finetuning, inference); ``crop`` = resize the short side then centre-crop (pretraining)."""
     if aspect not in ("pad", "crop"):
-        raise ValueError(f"unknown image aspect {aspect!r}: use 'pad' or 'crop'")
+        raise ModelInputError(f"unknown image aspect {aspect!r}: use 'pad' or 'crop'")
     size = config.vision_config.image_size
     return LlavaImageProcessorPil(
         do_pad=aspect == "pad",

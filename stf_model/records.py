@@ -15,16 +15,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import PreTrainedTokenizerBase
 
 from stf_model.constants import IGNORE_INDEX, IMAGE_TOKEN
 
-# Reason code -> what it means and what to do; quarantine rows carry the code and a detail.
+# Reason code -> what it means and what to do; quarantine rows carry the code and a detail. These
+# are the library's; the pipelines add the codes only they raise (reading files and images).
 REASONS: dict[str, str] = {
-    "malformed_json": "the line or list element is not valid JSON; fix the JSON",
-    "broken_json_list": "a JSON list file breaks here, so the records after it cannot be counted",
     "not_an_object": "the record is not a JSON object",
     "missing_conversations": "no 'conversations' list, or it is empty",
     "bad_turn": "a turn is not {'from': ..., 'value': str} or has an unknown role",
@@ -35,9 +34,6 @@ REASONS: dict[str, str] = {
     "placeholder_count": "an image record needs exactly one <image>, in the first human turn",
     "placeholder_without_image": "<image> appears but the record has no 'image'",
     "image_without_placeholder": "the record has an 'image' but no <image> in its text",
-    "image_path_escapes_root": "the image path is absolute or leaves the image root ('..')",
-    "image_missing": "the image file does not exist under the image root",
-    "image_unreadable": "the image file exists but could not be read (permissions, I/O error)",
     "image_empty": "the image file has zero bytes",
     "image_undecodable": "the bytes are not an image format Pillow can read",
     "image_truncated": "the image file is truncated or corrupt",
@@ -52,10 +48,13 @@ _ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant"}
 
 
 class RecordError(ValueError):
-    """A record that cannot become a training sample: ``reason`` is a key of :data:`REASONS`."""
+    """A record that cannot become a training sample: ``reason`` is a key of ``reasons``
+    (:data:`REASONS`; a subclass may extend the table with codes of its own)."""
+
+    reasons: ClassVar[dict[str, str]] = REASONS
 
     def __init__(self, reason: str, detail: str):
-        if reason not in REASONS:
+        if reason not in self.reasons:
             raise KeyError(f"unknown record error reason {reason!r}")
         super().__init__(f"{reason}: {detail}")
         self.reason = reason

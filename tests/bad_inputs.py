@@ -78,8 +78,14 @@ def _conv(question: str, answer: str, *more: str) -> list[dict]:
     return turns
 
 
-def write_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
-    """Writes ``root/bad.jsonl`` and ``root/images/``; returns id -> (outcome, reason or note)."""
+ASK = "<image>\nWhat color is the circle?"
+LONG_ANSWER = " ".join(["red green blue yellow"] * 60)
+
+# A case: (record, or raw line text), expected outcome ("ok" / "quarantine"), reason or note.
+Case = tuple[dict | list | str, str, str]
+
+
+def _write_images(root: Path) -> None:
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     (images / "good.jpg").write_bytes(jpeg())
@@ -94,132 +100,75 @@ def write_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
     (images / "rotated.jpg").write_bytes(exif_rotated_jpeg())
     (root / "outside.jpg").write_bytes(jpeg())
 
-    ask = "<image>\nWhat color is the circle?"
-    long_answer = " ".join(["red green blue yellow"] * 60)
-    cases: list[tuple[dict | str, str, str]] = [
-        ({"id": "ok", "image": "good.jpg", "conversations": _conv(ask, "red")}, "ok", ""),
-        (
-            {"id": "ok-end", "image": "good.jpg", "conversations": _conv("Which?\n<image>", "red")},
-            "ok",
-            "placeholder moved to the start",
-        ),
+
+def _asking(record_id: str, image: str, *turns: str) -> dict:
+    """An image record asking ASK (or the given turns) about ``image``."""
+    return {"id": record_id, "image": image, "conversations": _conv(*(turns or (ASK, "red")))}
+
+
+def _image_cases() -> list[Case]:
+    return [
+        (_asking("ok", "good.jpg"), "ok", ""),
+        (_asking("ok-end", "good.jpg", "Which?\n<image>", "red"), "ok", "placeholder moved"),
+        (_asking("missing", "nope.jpg"), "quarantine", "image_missing"),
+        (_asking("empty", "empty.jpg"), "quarantine", "image_empty"),
+        (_asking("truncated", "truncated.jpg"), "quarantine", "image_truncated"),
+        (_asking("not-image", "text.jpg"), "quarantine", "image_undecodable"),
+        (_asking("bomb", "bomb.png"), "quarantine", "image_too_large"),
+        (_asking("cmyk", "cmyk.jpg"), "ok", "cmyk"),
+        (_asking("rgba", "rgba.png"), "ok", "rgba"),
+        (_asking("p", "p.png"), "ok", "p"),
+        (_asking("gray16", "gray16.png"), "ok", "16-bit"),
+        (_asking("rotated", "rotated.jpg"), "ok", "exif"),
+        (_asking("escape", "../outside.jpg"), "quarantine", "image_path_escapes_root"),
+    ]
+
+
+def _record_cases() -> list[Case]:
+    gpt_first = [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "hello"}]
+    two_human = [{"from": "human", "value": v} for v in ("a", "b")] + [
+        {"from": "gpt", "value": "c"}
+    ]
+    return [
         ({"id": "text-only", "conversations": _conv("How many sides?", "three")}, "ok", "text"),
-        (
-            {"id": "missing", "image": "nope.jpg", "conversations": _conv(ask, "red")},
-            "quarantine",
-            "image_missing",
-        ),
-        (
-            {"id": "empty", "image": "empty.jpg", "conversations": _conv(ask, "red")},
-            "quarantine",
-            "image_empty",
-        ),
-        (
-            {"id": "truncated", "image": "truncated.jpg", "conversations": _conv(ask, "red")},
-            "quarantine",
-            "image_truncated",
-        ),
-        (
-            {"id": "not-image", "image": "text.jpg", "conversations": _conv(ask, "red")},
-            "quarantine",
-            "image_undecodable",
-        ),
-        (
-            {"id": "bomb", "image": "bomb.png", "conversations": _conv(ask, "red")},
-            "quarantine",
-            "image_too_large",
-        ),
-        ({"id": "cmyk", "image": "cmyk.jpg", "conversations": _conv(ask, "red")}, "ok", "cmyk"),
-        ({"id": "rgba", "image": "rgba.png", "conversations": _conv(ask, "red")}, "ok", "rgba"),
-        ({"id": "p", "image": "p.png", "conversations": _conv(ask, "red")}, "ok", "p"),
-        (
-            {"id": "gray16", "image": "gray16.png", "conversations": _conv(ask, "red")},
-            "ok",
-            "16-bit",
-        ),
-        (
-            {"id": "rotated", "image": "rotated.jpg", "conversations": _conv(ask, "red")},
-            "ok",
-            "exif",
-        ),
-        (
-            {"id": "escape", "image": "../outside.jpg", "conversations": _conv(ask, "red")},
-            "quarantine",
-            "image_path_escapes_root",
-        ),
         ("{this is not json", "quarantine", "malformed_json"),
         ({"id": "no-conv", "image": "good.jpg"}, "quarantine", "missing_conversations"),
         ({"id": "empty-conv", "conversations": []}, "quarantine", "missing_conversations"),
+        ({"id": "gpt-first", "conversations": gpt_first}, "quarantine", "wrong_turn_order"),
+        ({"id": "two-human", "conversations": two_human}, "quarantine", "wrong_turn_order"),
         (
-            {
-                "id": "gpt-first",
-                "conversations": [
-                    {"from": "gpt", "value": "hi"},
-                    {"from": "human", "value": "hello"},
-                ],
-            },
-            "quarantine",
-            "wrong_turn_order",
-        ),
-        (
-            {
-                "id": "two-human",
-                "conversations": [
-                    {"from": "human", "value": "a"},
-                    {"from": "human", "value": "b"},
-                    {"from": "gpt", "value": "c"},
-                ],
-            },
-            "quarantine",
-            "wrong_turn_order",
-        ),
-        (
-            {
-                "id": "two-placeholders",
-                "image": "good.jpg",
-                "conversations": _conv("<image>\n<image>\nWhat?", "red"),
-            },
+            _asking("two-placeholders", "good.jpg", "<image>\n<image>\nWhat?", "red"),
             "quarantine",
             "placeholder_count",
         ),
         (
-            {"id": "placeholder-no-image", "conversations": _conv(ask, "red")},
+            {"id": "placeholder-no-image", "conversations": _conv(ASK, "red")},
             "quarantine",
             "placeholder_without_image",
         ),
         (
-            {
-                "id": "image-no-placeholder",
-                "image": "good.jpg",
-                "conversations": _conv("What color?", "red"),
-            },
+            _asking("image-no-placeholder", "good.jpg", "What color?", "red"),
             "quarantine",
             "image_without_placeholder",
         ),
         (
-            {
-                "id": "long-truncatable",
-                "image": "good.jpg",
-                "conversations": _conv(ask, "red", "And now?", long_answer),
-            },
+            _asking("long-truncatable", "good.jpg", ASK, "red", "And now?", LONG_ANSWER),
             "ok",
             "truncated",
         ),
-        (
-            {"id": "long-first", "image": "good.jpg", "conversations": _conv(ask, long_answer)},
-            "quarantine",
-            "too_long",
-        ),
+        (_asking("long-first", "good.jpg", ASK, LONG_ANSWER), "quarantine", "too_long"),
         ({"id": "empty-answer", "conversations": _conv("Hi?", "  ")}, "quarantine", "empty_turn"),
         (["not", "an", "object"], "quarantine", "not_an_object"),
     ]
+
+
+def write_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
+    """Writes ``root/bad.jsonl`` and ``root/images/``; returns id -> (outcome, reason or note).
+    Records without an id are keyed ``line:N``."""
+    _write_images(root)
     expected, lines = {}, []
-    for record, outcome, note in cases:
-        if isinstance(record, str):
-            lines.append(record)
-            expected[f"line:{len(lines)}"] = (outcome, note)
-            continue
-        lines.append(json.dumps(record))
+    for record, outcome, note in _image_cases() + _record_cases():
+        lines.append(record if isinstance(record, str) else json.dumps(record))
         key = record["id"] if isinstance(record, dict) else f"line:{len(lines)}"
         expected[key] = (outcome, note)
     (root / "bad.jsonl").write_text("\n".join(lines) + "\n")

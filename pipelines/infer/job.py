@@ -1,0 +1,187 @@
+"""``stf infer``: batch generation over an image dataset with Ray Data, resumable, errors as rows.
+
+The driver lists the rows (:mod:`~pipelines.infer.rows`), drops the ids an earlier run already
+wrote, and streams the rest through an actor pool of model replicas
+(:class:`~pipelines.infer.replica.Answerer`); each block lands as one Parquet file under
+``OUTPUT/parts/``. A row whose image cannot be read or decoded becomes an error row, never a failed
+job. The job ends by checking that every input id is in the output exactly once, then writes
+``summary.json`` (and, if asked, LLaVA's answers file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.documents import Document
+from pipelines.errors import JobFailed
+from pipelines.infer.replica import OUTPUT_SCHEMA, Answerer
+from pipelines.infer.rows import list_rows
+from pipelines.infer.spec import InferSpec
+from pipelines.storage import arrow_filesystem, filesystem, fs_path, join, write_text
+
+log = logging.getLogger(__name__)
+
+
+class InferFailed(JobFailed):
+    """The job could not produce a complete output (the message says what is missing)."""
+
+
+class InferSummary(Document):
+    """``OUTPUT/summary.json``: what a finished run answered."""
+
+    KIND = "batch-inference summary"
+    REMEDY = "re-run `stf infer` with this version"
+
+    schema_version: Literal[1] = 1
+    rows: int
+    answered: int
+    errors: int
+    errors_by_reason: dict[str, int]
+    resumed_rows: int  # written by an earlier run of the same output
+    model: str
+    model_id: str
+    seconds: float
+    spec: dict[str, Any]
+
+
+def _parts_dir(spec: InferSpec) -> str:
+    return join(spec.output, "parts")
+
+
+def read_output(spec: InferSpec, repair: bool = False) -> pa.Table:
+    """All rows written so far. With ``repair``, files a killed run left half-written (no Parquet
+    footer) and files whose every id another file already holds (a retried task's twin) are
+    deleted, so each id is counted once."""
+    fs = filesystem(spec.output, spec.storage)
+    parts = _parts_dir(spec)
+    fs.invalidate_cache()
+    if not fs.exists(fs_path(parts)):
+        return OUTPUT_SCHEMA.empty_table()
+    tables, seen = [], set()
+    for path in sorted(p for p in fs.find(fs_path(parts)) if p.endswith(".parquet")):
+        try:
+            with fs.open(path, "rb") as f:
+                table = pq.read_table(f, schema=OUTPUT_SCHEMA)
+        except (pa.ArrowInvalid, OSError) as err:
+            if not repair:
+                raise
+            log.warning("removing unreadable output file %s (%s)", path, err)
+            fs.rm(path)
+            continue
+        ids = set(table.column("id").to_pylist())
+        if repair and ids <= seen:
+            log.warning("removing %s: a duplicate of rows already written", path)
+            fs.rm(path)
+            continue
+        seen |= ids
+        tables.append(table)
+    return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
+
+
+def run(spec: InferSpec) -> InferSummary:
+    """Runs (or resumes) the job; returns the summary it writes to ``OUTPUT/summary.json``."""
+    started = time.perf_counter()
+    rows = list_rows(spec)
+    done = read_output(spec, repair=True)
+    done_ids = pa.array(sorted(set(done.column("id").to_pylist())), pa.string())
+    todo = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=done_ids)))
+    log.info("%d rows: %d already written, %d to do", len(rows), len(done), len(todo))
+    if len(todo):
+        _generate(spec, todo)
+    output = read_output(spec, repair=True)
+    written = set(output.column("id").to_pylist())
+    missing = [i for i in rows.column("id").to_pylist() if i not in written]
+    if missing or len(output) != len(written):
+        raise InferFailed(
+            f"{len(missing)} of {len(rows)} rows have no output (e.g. {missing[:3]}) or ids repeat; "
+            "re-run the same spec to finish"
+        )
+    errors = output.filter(pc.is_valid(output.column("error")))
+    by_reason = Counter(m.split(":", 1)[0] for m in errors.column("error").to_pylist())
+    summary = InferSummary(
+        rows=len(rows),
+        answered=len(output) - len(errors),
+        errors=len(errors),
+        errors_by_reason=dict(by_reason),
+        resumed_rows=len(done),
+        model=spec.model.path,
+        model_id=spec.served_model_id,
+        seconds=round(time.perf_counter() - started, 2),
+        spec=spec.resolved(),
+    )
+    if spec.answers_jsonl:
+        _write_answers(spec, output)
+    summary.write(join(spec.output, "summary.json"), spec.storage)
+    return summary
+
+
+def summary_line(spec: InferSpec, summary: InferSummary) -> str:
+    reasons = ", ".join(f"{r} {n}" for r, n in summary.errors_by_reason.items()) or "none"
+    return (
+        f"infer {spec.output}: {summary.rows} rows, {summary.answered} answered, "
+        f"{summary.errors} error rows ({reasons}), {summary.resumed_rows} from an earlier run "
+        f"[{summary.seconds:.1f} s]"
+    )
+
+
+def _generate(spec: InferSpec, todo: pa.Table) -> None:
+    """Answers ``todo`` through the actor pool, one Parquet file per block under ``parts/``."""
+    import ray
+
+    from pipelines.ray_env import init_ray
+
+    init_ray()
+    per_block = min(
+        spec.rows_per_file, max(spec.batch_size, math.ceil(len(todo) / spec.concurrency))
+    )
+    blocks = [todo.slice(i, per_block) for i in range(0, len(todo), per_block)]
+    dataset = ray.data.from_arrow(blocks).map_batches(
+        Answerer,
+        fn_constructor_kwargs={"spec": spec},
+        batch_size=spec.batch_size,
+        batch_format="numpy",
+        concurrency=spec.concurrency,
+        num_cpus=spec.num_cpus,
+        num_gpus=spec.num_gpus,
+    )
+    # The writes reserve no CPU: with every CPU held by replicas, a 1-CPU write task would never
+    # be scheduled.
+    dataset.write_parquet(
+        _parts_dir(spec),
+        filesystem=arrow_filesystem(spec.output, spec.storage),
+        schema=OUTPUT_SCHEMA,
+        ray_remote_args={"num_cpus": 0},
+        min_rows_per_file=per_block,
+    )
+
+
+def _write_answers(spec: InferSpec, output: pa.Table) -> None:
+    """LLaVA's answers file: one JSON object per question, in id order."""
+    lines = []
+    for row in sorted(output.to_pylist(), key=lambda r: r["id"]):
+        answer = {
+            "question_id": row["id"],
+            "prompt": row["prompt"],
+            "text": row["answer"] or "",
+            "answer_id": row["id"],
+            "model_id": row["model_id"],
+            "metadata": {},
+        }
+        if row["error"]:
+            answer["error"] = row["error"]
+        lines.append(json.dumps(answer))
+    write_text(join(spec.output, "answers.jsonl"), "\n".join(lines) + "\n", spec.storage)
+
+
+def summary_of(spec: InferSpec) -> InferSummary | None:
+    """The summary a finished run wrote, or None."""
+    return InferSummary.read(join(spec.output, "summary.json"), spec.storage)

@@ -1,0 +1,72 @@
+"""One model replica of the batch-inference actor pool: reads and decodes a batch's images,
+generates for the rows whose image is fine, and returns every row, errors included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.images import checked_image
+from pipelines.infer.spec import InferSpec
+from pipelines.models import load_generator
+from pipelines.storage import read_many
+from stf_model.generation import ChatPrompt, Completion, SamplingParams
+from stf_model.records import RecordError
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.string()),
+        ("prompt", pa.string()),
+        ("answer", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("error", pa.string()),  # "reason: detail" for a row that got no answer
+        ("model_id", pa.string()),
+    ]
+)
+
+
+class Answerer:
+    """The map stage's callable class (one instance per actor)."""
+
+    def __init__(self, spec: InferSpec):
+        self.spec = spec
+        self.generator = load_generator(spec.model, spec.storage)
+        self.params = SamplingParams(spec.max_new_tokens, spec.temperature, spec.top_p)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        ids, urls, texts = (list(batch[k]) for k in ("id", "image", "prompt"))
+        data = read_many(urls, self.spec.storage)
+        prompts, rows, errors = [], [], {}
+        for row, (url, text) in enumerate(zip(urls, texts, strict=True)):
+            try:
+                image = checked_image(url, data[url], self.spec.max_image_pixels)
+            except RecordError as err:
+                errors[row] = f"{err.reason}: {err.detail}"
+                continue
+            prompts.append(
+                ChatPrompt(self.generator.render(self._messages(text)), [image], self.params)
+            )
+            rows.append(row)
+        results = dict(zip(rows, self.generator.generate(prompts), strict=True)) if prompts else {}
+        out: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
+        for row, row_id in enumerate(ids):
+            done: Completion | None = results.get(row)
+            out["id"].append(row_id)
+            out["image"].append(urls[row])
+            out["prompt"].append(texts[row])
+            out["answer"].append(done.text if done else None)
+            out["finish_reason"].append(done.finish_reason if done else None)
+            out["prompt_tokens"].append(done.prompt_tokens if done else None)
+            out["completion_tokens"].append(done.completion_tokens if done else None)
+            out["error"].append(errors.get(row))
+            out["model_id"].append(self.spec.served_model_id)
+        return out
+
+    def _messages(self, text: str) -> list[dict[str, Any]]:
+        system = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
+        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+        return [*system, user]

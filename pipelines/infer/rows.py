@@ -1,0 +1,112 @@
+"""Listing the rows of a batch-inference job: image folders and globs (one row per image, one
+prompt for all) or tables (Parquet or JSONL with an id, an image path and optionally a per-row
+prompt). Every row is ``(id, image URL, rendered prompt)``; ids are unique across inputs."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.errors import InputError, MissingInput
+from pipelines.infer.spec import InferSpec
+from pipelines.spec import StorageOptions
+from pipelines.storage import expand_inputs, filesystem, fs_path, join, to_url
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+TABLE_SUFFIXES = (".parquet", ".jsonl")
+
+
+def list_rows(spec: InferSpec) -> pa.Table:
+    """Every input row as (id, image, prompt); ids must be unique across inputs."""
+    tables = []
+    for location in spec.inputs:
+        if location.lower().endswith(TABLE_SUFFIXES):
+            for url, _ in expand_inputs([location], spec.storage):
+                tables.append(_table_rows(url, spec))
+        else:
+            tables.append(_image_rows(location, spec))
+    rows = pa.concat_tables(tables) if tables else _rows_table([], [], [])
+    if spec.limit is not None:
+        rows = rows.slice(0, spec.limit)
+    ids = rows.column("id")
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        dupes = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:5]
+        raise InputError(f"row ids must be unique; repeated: {', '.join(map(str, dupes))}")
+    return rows
+
+
+def _rows_table(ids: list[str], images: list[str], prompts: list[str]) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "image": pa.array(images, pa.string()),
+            "prompt": pa.array(prompts, pa.string()),
+        }
+    )
+
+
+def _image_rows(location: str, spec: InferSpec) -> pa.Table:
+    """A folder (recursively) or a glob of images; ids are paths relative to the folder (globs:
+    relative to the folder of the pattern's first wildcard)."""
+    fs = filesystem(location, spec.storage)
+    path = fs_path(location).rstrip("/")
+    if not any(c in path for c in "*?["):
+        if not fs.isdir(path):
+            raise MissingInput(f"input {location!r} is neither a folder nor a table")
+        base, pattern = path, path + "/**"
+    else:
+        base, pattern = posixpath.dirname(path.split("*")[0].split("?")[0].split("[")[0]), path
+    matches = expand_inputs([to_url(location, pattern)], spec.storage)
+    urls = sorted(u for u, _ in matches if u.lower().endswith(IMAGE_SUFFIXES))
+    if not urls:
+        raise MissingInput(f"input {location!r} has no image files ({', '.join(IMAGE_SUFFIXES)})")
+    prefix = len(to_url(location, base).rstrip("/")) + 1
+    ids = [u[prefix:] for u in urls]
+    prompts = [_render(spec, {"prompt": spec.prompt})] * len(urls)
+    return _rows_table(ids, urls, prompts)
+
+
+def read_records(url: str, storage: StorageOptions) -> list[dict[str, Any]]:
+    """The rows of a Parquet or JSONL table (local or s3://) as dicts."""
+    fs = filesystem(url, storage)
+    with fs.open(fs_path(url), "rb") as f:
+        if url.lower().endswith(".parquet"):
+            return pq.read_table(f).to_pylist()
+        records = []
+        for number, line in enumerate(f.read().decode().splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{url} line {number} is not JSON: {err}") from None
+        return records
+
+
+def _table_rows(url: str, spec: InferSpec) -> pa.Table:
+    records = read_records(url, spec.storage)
+    root = spec.image_root or posixpath.dirname(url)
+    ids, images, prompts = [], [], []
+    for number, record in enumerate(records, 1):
+        for column in (spec.id_column, spec.image_column):
+            if record.get(column) in (None, ""):
+                raise InputError(f"{url} row {number} has no {column!r} (id_column/image_column)")
+        image = str(record[spec.image_column])
+        is_absolute = image.startswith(("s3://", "/"))
+        ids.append(str(record[spec.id_column]))
+        images.append(image if is_absolute else join(root, image))
+        own = record.get(spec.prompt_column)
+        prompts.append(_render(spec, {**record, "prompt": own if own else spec.prompt}))
+    return _rows_table(ids, images, prompts)
+
+
+def _render(spec: InferSpec, values: dict[str, Any]) -> str:
+    try:
+        return spec.prompt_template.format_map(values)
+    except KeyError as err:
+        raise InputError(f"prompt_template names {err}, which the input rows do not have") from None

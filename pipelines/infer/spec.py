@@ -1,0 +1,53 @@
+"""The batch-inference job's spec."""
+
+from __future__ import annotations
+
+import posixpath
+
+from pydantic import Field, NonNegativeFloat, PositiveInt
+
+from pipelines.spec import InferenceModel, JobSpec, Location, Locations, StorageOptions
+
+
+class InferSpec(JobSpec):
+    """Batch generation over images (folders, globs, or Parquet/JSONL tables of image paths)."""
+
+    model: InferenceModel = Field(description="the model directory and where it runs")
+    model_id: str | None = Field(None, description="recorded with each answer (default: dir name)")
+    inputs: Locations = Field(
+        description="image folders, image globs, or .parquet/.jsonl tables (local or s3://)"
+    )
+    output: Location = Field(description="output directory (parts/*.parquet, summary.json)")
+    image_root: Location | None = Field(
+        None, description="tables: relative image paths resolve here (default: the table's folder)"
+    )
+    id_column: str = Field("id", description="tables: the row id column")
+    image_column: str = Field("image", description="tables: the image path column")
+    prompt_column: str = Field("prompt", description="tables: per-row prompt column, if present")
+    prompt: str = Field("Describe this image.", description="the prompt of rows without their own")
+    prompt_template: str = Field(
+        "{prompt}",
+        description="wraps each row's prompt; may name other table columns, e.g. "
+        "'{prompt} Answer with one word.' or 'Question: {question}'",
+    )
+    system: str | None = Field(None, description="a system message before each prompt")
+    max_new_tokens: PositiveInt = Field(64, description="tokens generated per row at most")
+    temperature: NonNegativeFloat = Field(0.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: PositiveInt = Field(8, description="rows per generate call")
+    concurrency: PositiveInt = Field(1, description="model replicas (actors)")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs each replica reserves")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs each replica reserves")
+    rows_per_file: PositiveInt = Field(
+        256, description="rows per output Parquet file (also the resume granularity)"
+    )
+    max_image_pixels: PositiveInt = Field(40_000_000, description="decompression-bomb guard")
+    limit: PositiveInt | None = Field(None, description="only the first N rows (a quick look)")
+    answers_jsonl: bool = Field(
+        False, description="also write answers.jsonl in LLaVA's format (question_id, prompt, text)"
+    )
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+
+    @property
+    def served_model_id(self) -> str:
+        return self.model_id or posixpath.basename(self.model.path.rstrip("/")) or "stf"

@@ -1,0 +1,114 @@
+"""The one loader of configs, tokenizers and models for every job.
+
+A model reference is a preset name (only ``tiny`` is random and local; the 7B presets are shapes
+without weights) or a model directory, local or ``s3://`` (copied once into the local cache).
+Preprocessing reads a reference's config and tokenizer, training its model and tokenizer, serving
+and batch inference a generator on a device; all of them go through here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from pipelines.errors import InputError, MissingInput
+from pipelines.spec import Device, Dtype, InferenceModel, StorageOptions
+from pipelines.storage import local_copy
+from stf_model import (
+    PRESETS,
+    STFConfig,
+    STFForConditionalGeneration,
+    build_tiny,
+    build_tiny_tokenizer,
+    load_model_dir,
+    preset_config,
+)
+from stf_model.generation import ChatGenerator
+
+log = logging.getLogger(__name__)
+
+# What loading a model needs from its directory: weights as safetensors only (no pickles).
+MODEL_FILES = ("*.json", "*.safetensors", "*.jinja", "*.model", "*.txt")
+# Config and tokenizer only: a model directory may also hold many GB of weights.
+SMALL_FILES = ("*.json", "*.jinja", "*.model", "*.txt")
+
+
+def model_dir(ref: str, storage: StorageOptions, patterns: tuple[str, ...] = MODEL_FILES) -> str:
+    """The local directory of a model directory reference (S3 copied to the cache)."""
+    local = local_copy(ref, storage, patterns)
+    if not os.path.isfile(os.path.join(local, "config.json")):
+        raise MissingInput(f"{ref} is not a model directory (no config.json)")
+    return local
+
+
+def _tiny_only(ref: str) -> None:
+    if ref != "tiny":
+        raise InputError(
+            f"model {ref!r}: presets other than 'tiny' have no local weights or tokenizer; "
+            "point the spec at a model directory (`stf convert` writes one)"
+        )
+
+
+def load_config(ref: str, storage: StorageOptions, overrides: dict[str, Any] | None = None):
+    """The model's config, without weights: a preset (with ``overrides``) or a directory's."""
+    if ref in PRESETS:
+        return preset_config(ref, **(overrides or {}))
+    return STFConfig.from_pretrained(model_dir(ref, storage, ("*.json",)))
+
+
+def load_tokenizer(ref: str, storage: StorageOptions) -> PreTrainedTokenizerBase:
+    """The model's tokenizer: ``tiny``'s built-in one or the directory's."""
+    if ref in PRESETS:
+        _tiny_only(ref)
+        return build_tiny_tokenizer()
+    return AutoTokenizer.from_pretrained(model_dir(ref, storage, SMALL_FILES))
+
+
+def load_model(
+    ref: str,
+    storage: StorageOptions,
+    *,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+) -> tuple[STFForConditionalGeneration, PreTrainedTokenizerBase]:
+    """Model and tokenizer: ``tiny`` with random weights from ``seed`` (and ``overrides``), or a
+    directory's safetensors in ``dtype`` (default: as saved)."""
+    if ref in PRESETS:
+        _tiny_only(ref)
+        return build_tiny(seed=seed, **(overrides or {}))
+    local = model_dir(ref, storage)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = STFForConditionalGeneration.from_pretrained(local, use_safetensors=True, **kwargs)
+    return model, AutoTokenizer.from_pretrained(local)
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("model.device is 'cuda' but this process sees no GPU (num_gpus set?)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_generator(options: InferenceModel, storage: StorageOptions) -> ChatGenerator:
+    """A model directory loaded onto its device, safetensors only, wrapped for batched chat
+    generation (serve and infer)."""
+    local = model_dir(options.path, storage)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    model, processor = load_model_dir(local, dtype=dtype)
+    log.info("loaded %s on %s as %s", options.path, device, dtype)
+    return ChatGenerator(model.to(device), processor)

@@ -1,0 +1,25 @@
+"""``stf serve``: a Ray Serve application with the OpenAI chat-completions API over a model
+directory. Its concerns, as Ray Serve LLM keeps them apart:
+
+- :mod:`~pipelines.serve.spec`: the job's spec (loading it imports neither FastAPI nor Serve);
+- :mod:`~pipelines.serve.protocol`: the OpenAI request/response models and the error type;
+- :mod:`~pipelines.serve.images` and :mod:`~pipelines.serve.intake`: every request check (key,
+  size, schema, images, template, context), runnable without a replica;
+- :mod:`~pipelines.serve.app`: the FastAPI ingress and the Serve deployment (batching, streaming);
+- :mod:`~pipelines.serve.builders`: the application builders and ``stf serve``'s runner.
+
+``app_builder`` is the entry RayService and Serve config files name
+(``pipelines.serve:app_builder``); it and ``run`` import Serve only when called.
+"""
+
+from pipelines.serve.spec import ServeSpec
+
+__all__ = ["ServeSpec", "app_builder", "build_app", "run"]
+
+
+def __getattr__(name: str):
+    if name in ("app_builder", "build_app", "run"):
+        from pipelines.serve import builders
+
+        return getattr(builders, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

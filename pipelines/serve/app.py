@@ -1,0 +1,192 @@
+"""The FastAPI ingress and the Ray Serve deployment: one model replica per :class:`ChatServer`.
+
+A request is checked completely by :class:`~pipelines.serve.intake.Intake` before it joins a
+batch; ``@serve.batch`` then runs concurrent requests as one ``generate`` call, each with its own
+sampling settings, and streams each row back as it grows. Refusals are OpenAI-style JSON errors.
+
+FastAPI reads the route signatures at run time, so this module keeps real (not postponed)
+annotations.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from pipelines.models import load_generator
+from pipelines.serve import protocol
+from pipelines.serve.intake import Intake
+from pipelines.serve.protocol import APIError
+from pipelines.serve.spec import ServeSpec
+from stf_model.generation import ChatPrompt
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(title="LLaVA-STF", docs_url=None, redoc_url=None)
+
+
+def _error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+@api.exception_handler(APIError)
+async def _api_error(_request: Request, err: APIError) -> JSONResponse:
+    return _error_response(err)
+
+
+@api.exception_handler(Exception)
+async def _server_error(_request: Request, err: Exception) -> JSONResponse:
+    log.exception("request failed")
+    return _error_response(APIError(500, f"{type(err).__name__}: {err}", type_="server_error"))
+
+
+@api.exception_handler(404)
+async def _not_found(request: Request, _err) -> JSONResponse:
+    message = f"no route {request.method} {request.url.path}"
+    return _error_response(APIError(404, message, code="not_found"))
+
+
+@api.exception_handler(405)
+async def _bad_method(request: Request, _err) -> JSONResponse:
+    message = f"{request.method} is not allowed on {request.url.path}"
+    return _error_response(APIError(405, message))
+
+
+def _drain(events: asyncio.Queue, item: Any, done: list[bool]) -> tuple[list[Any], bool]:
+    """Merges ``item`` and every event already queued into one step: per row the text that
+    arrived with its latest finish reason and token count, ``None`` for rows with no news, or
+    ``StopIteration`` for rows finished earlier. Also says whether the thread has finished."""
+    step: list[Any] = [StopIteration if d else None for d in done]
+    finished_thread = False
+    while True:
+        if item is None:
+            finished_thread = True
+        else:
+            row, text, reason, tokens = item
+            previous = step[row][0] if isinstance(step[row], tuple) else ""
+            step[row] = (previous + text, reason, tokens)
+        if events.empty():
+            return step, finished_thread
+        item = events.get_nowait()
+
+
+# Defined after everything it names: @serve.ingress captures the class, and what it refers to,
+# when the class statement runs.
+@serve.deployment(name="ChatServer")
+@serve.ingress(api)
+class ChatServer:
+    """One model replica behind the OpenAI chat API."""
+
+    def __init__(self, spec: ServeSpec):
+        self.generator = load_generator(spec.model, spec.storage)
+        max_context = self.generator.model.config.text_config.max_position_embeddings
+        self.intake = Intake(spec, self.generator, max_context)
+        self.model_id = self.intake.model_id
+        self._generate_batch.set_max_batch_size(spec.batching.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(spec.batching.batch_wait_timeout_s)
+        self.batch_sizes: Counter[int] = Counter()
+        self.requests = 0
+        self.created = int(time.time())
+
+    # -- routes --
+    @api.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok", "model": self.model_id}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self.intake.authorize(request.headers.get("authorization"))
+        card = {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "stf"}
+        return {"object": "list", "data": [card]}
+
+    @api.get("/stats")
+    async def stats(self, request: Request) -> dict:
+        """This replica's counters: requests served and how many batches had each size."""
+        self.intake.authorize(request.headers.get("authorization"))
+        return {"requests": self.requests, "batch_sizes": dict(sorted(self.batch_sizes.items()))}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        self.intake.authorize(request.headers.get("authorization"))
+        body = await self.intake.read_body(request.headers.get("content-length"), request.stream())
+        prompt, prompt_tokens = await self.intake.prompt(body)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = self._sse(prompt, prompt_tokens, completion_id, include_usage)
+            return StreamingResponse(events, media_type="text/event-stream")
+        text, finish, completion_tokens = "", "stop", 0
+        async for delta, reason, tokens in self._run(prompt):
+            text += delta
+            finish, completion_tokens = reason or finish, tokens
+        return protocol.completion_body(
+            completion_id, self.model_id, text, finish, prompt_tokens, completion_tokens
+        )
+
+    # -- generation --
+    async def _run(self, prompt: ChatPrompt) -> AsyncIterator[tuple[str, str | None, int]]:
+        """(new text, finish reason or None, tokens so far) for one request, from its batch."""
+        self.requests += 1
+        try:
+            async for event in self._generate_batch(prompt):
+                if event is not None:
+                    yield event
+        finally:
+            prompt.cancelled.set()  # a client that went away stops its row at the next token
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def _generate_batch(self, prompts: list[ChatPrompt]):
+        """Runs one ``generate`` for the batch in a thread and yields, per step, one entry per
+        request: its news, ``None`` (nothing new) or ``StopIteration`` once it has finished."""
+        self.batch_sizes[len(prompts)] += 1
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def on_delta(row: int, text: str, reason, tokens: int) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (row, text, reason, tokens))
+
+        work = loop.run_in_executor(None, self.generator.generate, prompts, on_delta)
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
+        done = [False] * len(prompts)
+        finished_thread = False
+        while not finished_thread:
+            step, finished_thread = _drain(events, await events.get(), done)
+            if finished_thread:
+                await work  # raises the generation error, if any, to every request in the batch
+            for row, entry in enumerate(step):
+                if isinstance(entry, tuple) and entry[1] is not None:
+                    done[row] = True
+            if any(isinstance(entry, tuple) for entry in step):
+                yield step
+        # Serve ends the streams of requests still open when this generator returns.
+
+    async def _sse(
+        self, prompt: ChatPrompt, prompt_tokens: int, completion_id: str, include_usage: bool
+    ):
+        created = int(time.time())
+
+        def chunk(delta: dict, finish: str | None, usage: dict | None = None) -> str:
+            return protocol.sse_chunk(completion_id, self.model_id, created, delta, finish, usage)
+
+        yield chunk({"role": "assistant", "content": ""}, None)
+        completion_tokens = 0
+        try:
+            async for delta, reason, tokens in self._run(prompt):
+                completion_tokens = tokens
+                if delta:
+                    yield chunk({"content": delta}, None)
+                if reason is not None:
+                    yield chunk({}, reason)
+        except Exception as err:  # headers are gone: report in-band, as OpenAI's API does
+            log.exception("generation failed")
+            yield protocol.sse_error(str(err))
+        if include_usage:
+            yield chunk({}, None, protocol.usage(prompt_tokens, completion_tokens))
+        yield protocol.SSE_DONE

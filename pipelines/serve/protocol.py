@@ -1,0 +1,174 @@
+"""The OpenAI chat-completions protocol as we serve it: request models, the error type that
+becomes an OpenAI-style error body, and the response bodies (plain and streamed chunks)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+# ---- requests ----------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    # Clients send fields we do not use (user, metadata, ...); unknown keys are ignored, as
+    # OpenAI-compatible servers do, but fields we cannot honour are refused below.
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Body):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Body):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class Message(_Body):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Body):
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = 1
+    presence_penalty: Literal[0] = 0
+    frequency_penalty: Literal[0] = 0
+    logprobs: Literal[False] = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return [s for s in stops if s]
+
+    @property
+    def image_urls(self) -> list[str]:
+        """The URLs of every image part, in message order."""
+        return [
+            part.image_url.url
+            for message in self.messages
+            if not isinstance(message.content, str)
+            for part in message.content
+            if isinstance(part, ImagePart)
+        ]
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """A refused request: HTTP status + OpenAI error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return {"error": error}
+
+
+def validation_error(err: ValidationError) -> APIError:
+    """A 400 naming the first failing field of a request body."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = f"{where}: {first['msg']}" if where else first["msg"]
+    return APIError(400, message, param=where or None)
+
+
+# ---- responses ---------------------------------------------------------------------------------
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(
+    completion_id: str, model_id: str, text: str, finish: str, prompt_tokens: int, tokens: int
+) -> dict[str, Any]:
+    """A whole ``chat.completion`` response."""
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "finish_reason": finish,
+    }
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": [choice],
+        "usage": usage(prompt_tokens, tokens),
+    }
+
+
+def sse_chunk(
+    completion_id: str,
+    model_id: str,
+    created: int,
+    delta: dict[str, Any],
+    finish: str | None,
+    usage_row: dict[str, int] | None = None,
+) -> str:
+    """One server-sent ``chat.completion.chunk`` event (the usage chunk has no choices)."""
+    choices = [] if usage_row else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    data: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model_id,
+        "choices": choices,
+    }
+    if usage_row:
+        data["usage"] = usage_row
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def sse_error(message: str) -> str:
+    """An error event, for failures after the stream's headers are sent (as OpenAI's API does)."""
+    return f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"

@@ -1,0 +1,81 @@
+"""``stf train``: Ray Train (TorchTrainer) + DeepSpeed ZeRO-1/2, one stage per run.
+
+spec -> plan (read the shards' manifests, check they fit the model, pre-flight memory estimate)
+-> TorchTrainer running :func:`~pipelines.train.loop.train_loop` on every worker (rank 0 exports
+the model directory) -> the run's summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from pipelines.models import load_config
+from pipelines.ray_env import init_ray
+from pipelines.shards import read_shards
+from pipelines.storage import arrow_filesystem, fs_path, join, write_text
+from pipelines.train.arithmetic import preflight
+from pipelines.train.loop import train_loop
+from pipelines.train.plan import TrainPlan, build_plan
+from pipelines.train.spec import TrainSpec
+
+log = logging.getLogger(__name__)
+
+
+class TrainSummary(BaseModel):
+    """What a finished run reports: its last metrics row, checkpoint and model directory."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metrics: dict[str, Any]
+    checkpoint: str | None
+    model: str
+    plan: TrainPlan
+
+
+def run(spec: TrainSpec) -> TrainSummary:
+    """Trains and exports; returns the run's summary."""
+    config = load_config(spec.start_from, spec.storage, spec.model_overrides)
+    plan = build_plan(spec, config)
+    preflight(spec, config)
+    init_ray()
+    write_text(join(spec.run_dir, "spec.yaml"), yaml.safe_dump(spec.resolved()), spec.storage)
+    # Reading shards reserves no CPU: the workers hold theirs, and Ray Train leaves Ray Data no
+    # budget on a cluster the workers fill (a 1-CPU read would wait forever on a 2-CPU machine).
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"plan": plan},
+        scaling_config=ScalingConfig(
+            num_workers=spec.scaling.num_workers,
+            use_gpu=spec.scaling.use_gpu,
+            resources_per_worker=spec.scaling.resources_per_worker,
+        ),
+        run_config=RunConfig(
+            name=spec.name,
+            storage_path=fs_path(spec.storage_path),
+            storage_filesystem=arrow_filesystem(spec.storage_path, spec.storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+        ),
+        datasets={"train": read_shards(plan.shard_urls, spec.storage)},
+    )
+    result = trainer.fit()
+    return TrainSummary(
+        metrics=result.metrics or {},
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        model=join(spec.run_dir, "model"),
+        plan=plan,
+    )
+
+
+def summary_line(spec: TrainSpec, summary: TrainSummary) -> str:
+    loss = summary.metrics.get("loss")
+    return (
+        f"train {spec.name}: {summary.metrics.get('step', '?')} steps, last loss "
+        f"{'?' if loss is None else f'{loss:.4f}'}; model in {summary.model}"
+    )

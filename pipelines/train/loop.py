@@ -1,0 +1,244 @@
+"""The per-worker training loop (runs in every Ray Train worker).
+
+``train_loop`` reads setup -> resume -> for each epoch: batches -> step, then rank 0 exports the
+model directory. Everything a worker needs comes in its :class:`~pipelines.train.plan.TrainPlan`;
+nothing reaches it through module globals (they would not survive pickling onto a cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray.train
+import torch
+from ray.train import Checkpoint
+
+from pipelines.models import load_model
+from pipelines.storage import join, upload_dir
+from pipelines.train.metrics import Meter
+from pipelines.train.plan import TrainPlan, TrainState
+from pipelines.train.spec import TrainSpec
+from stf_model import STFForConditionalGeneration, get_chat_template, save_model_dir
+from stf_model.collate import collate, length_grouped_batches, rows_of
+
+log = logging.getLogger(__name__)
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class Worker:
+    """One worker's training machinery, built by :func:`setup`."""
+
+    rank: int
+    device: torch.device
+    engine: Any  # deepspeed.DeepSpeedEngine
+    scheduler: Any
+    tokenizer: Any
+    # Parameters a text-only batch leaves without gradients (see :func:`step`).
+    image_only_params: list[torch.nn.Parameter]
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function; ``config["plan"]`` is the run's :class:`TrainPlan`."""
+    plan: TrainPlan = config["plan"]
+    worker = setup(plan)
+    state = resume(worker)
+    meter = Meter(plan, worker.rank)
+    shard = ray.train.get_dataset_shard("train")
+    while state.step < plan.total_steps:
+        last = time.perf_counter()
+        for index, batch in micro_batches(shard, plan, state, worker.device):
+            state.micro_in_epoch = index + 1  # consumed, in the checkpoint this step may write
+            step(worker, plan, state, meter, batch, data_s=time.perf_counter() - last)
+            last = time.perf_counter()
+        state.epoch += 1
+        state.micro_in_epoch = 0
+    meter.close()
+    if worker.rank == 0:
+        export(worker.engine.module, worker.tokenizer, plan)
+
+
+def setup(plan: TrainPlan) -> Worker:
+    """Builds the model from the plan's spec, freezes per stage and wraps it with DeepSpeed."""
+    import deepspeed
+
+    spec = plan.spec
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    if not spec.scaling.use_gpu:
+        # DeepSpeed would JIT-compile a shared-memory comm op (~25 s) in every fresh process;
+        # plain gloo gives identical results on CPU. (An internal switch of deepspeed 0.19.)
+        with contextlib.suppress(AttributeError, KeyError, TypeError):
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    random.seed(spec.seed + rank)
+    model, tokenizer = build_model(spec)
+    counts = model.set_trainable_stage(spec.stage)
+    if spec.deepspeed.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if rank == 0:
+        trainable, frozen = counts["trainable"], counts["frozen"]
+        log.info("stage %s: %d trainable / %d frozen parameters", spec.stage, trainable, frozen)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=spec.lr,
+        betas=spec.optimizer.betas,
+        eps=spec.optimizer.eps,
+        weight_decay=spec.optimizer.weight_decay,
+    )
+    scheduler = _schedule(optimizer, plan)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model.to(device),
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(plan),
+    )
+    projector = model.model.multi_modal_projector
+    image_only = [p for p in projector.parameters() if p.requires_grad]
+    return Worker(rank, device, engine, scheduler, tokenizer, image_only)
+
+
+def build_model(spec: TrainSpec) -> tuple[STFForConditionalGeneration, Any]:
+    """The model and tokenizer a run starts from: ``init_from``, else the model directory, else
+    the ``tiny`` preset with random weights from ``seed`` (and ``model_overrides``)."""
+    return load_model(spec.start_from, spec.storage, overrides=spec.model_overrides, seed=spec.seed)
+
+
+def deepspeed_config(plan: TrainPlan) -> dict[str, Any]:
+    ds = plan.spec.deepspeed
+    return {
+        "train_micro_batch_size_per_gpu": ds.micro_batch_size,
+        "gradient_accumulation_steps": ds.gradient_accumulation,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": ds.precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _schedule(optimizer: torch.optim.Optimizer, plan: TrainPlan):
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    options = plan.spec.optimizer
+    warmup = math.ceil(options.warmup_ratio * plan.total_steps)
+    if options.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, plan.total_steps)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def resume(worker: Worker) -> TrainState:
+    """The state of the latest checkpoint of this run (Ray Train finds it by the run's name), with
+    DeepSpeed's engine restored from it; a fresh state when there is none."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return TrainState()
+    with checkpoint.as_directory() as folder:
+        worker.engine.load_checkpoint(folder, tag="ds", load_module_strict=False)
+        with open(os.path.join(folder, STATE_FILE)) as f:
+            state = TrainState.model_validate_json(f.read())
+    if worker.rank == 0:
+        log.info("resumed at step %d (epoch %d)", state.step, state.epoch)
+    return state
+
+
+def micro_batches(
+    shard, plan: TrainPlan, state: TrainState, device: torch.device
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """This epoch's micro-batches as ``(index, batch on the device)``, length-grouped, skipping
+    those a resumed run already consumed. Every rank must run the same number of collectives, so
+    the epoch stops on all ranks as soon as any rank runs out of rows (equal splits make this
+    rare, not impossible)."""
+    spec, micro = plan.spec, plan.spec.deepspeed.micro_batch_size
+    rng = random.Random(spec.seed * 1000 + state.epoch)
+    batches = shard.iter_batches(batch_size=micro * spec.group_window, batch_format="numpy")
+    rows = (row for batch in batches for row in rows_of(batch))
+    groups = length_grouped_batches(rows, micro, spec.group_window, rng)
+    for index in itertools.count():
+        group = next(groups, None) if index < plan.micro_per_epoch else None
+        if not _all_ranks_have(group is not None, device) or state.step >= plan.total_steps:
+            return
+        if index < state.micro_in_epoch:
+            continue  # consumed before the checkpoint we resumed from
+        batch = collate(
+            group,
+            image_token_id=plan.image_token_id,
+            num_image_tokens=plan.num_image_tokens,
+            pad_token_id=plan.pad_token_id,
+            image_size=plan.image_size,
+            max_length=plan.max_length,
+        )
+        yield index, {k: v.to(device) for k, v in batch.items()}
+
+
+def step(
+    worker: Worker,
+    plan: TrainPlan,
+    state: TrainState,
+    meter: Meter,
+    batch: dict[str, torch.Tensor],
+    data_s: float,
+) -> None:
+    """Forward, backward and DeepSpeed's step for one micro-batch; at an optimizer-step boundary,
+    the metrics row and, when due, a checkpoint."""
+    engine = worker.engine
+    loss = engine(**batch).loss
+    if "pixel_values" not in batch:
+        # A text-only batch leaves the projector without gradients, and ZeRO's gradient buckets
+        # would then differ between ranks. As LLaVA does, touch those weights with a
+        # zero-weighted term so every rank reduces the same tensors.
+        loss = loss + 0.0 * sum(p.sum() for p in worker.image_only_params)
+    engine.backward(loss)
+    boundary = engine.is_gradient_accumulation_boundary()
+    engine.step()
+    meter.add(loss.item(), batch, data_s)
+    if not boundary:
+        return
+    state.step += 1
+    metrics = meter.step(state, engine.get_global_grad_norm(), worker.scheduler.get_last_lr()[0])
+    spec = plan.spec
+    if state.step % spec.checkpoint_every == 0 or state.step == plan.total_steps:
+        _report_with_checkpoint(engine, state, metrics, worker.rank)
+    elif metrics is not None:
+        ray.train.report(metrics)
+
+
+def _all_ranks_have(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` holds on every rank (one tiny all-reduce)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def _report_with_checkpoint(engine, state: TrainState, metrics: dict | None, rank: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(folder, tag="ds")
+        if rank == 0:
+            with open(os.path.join(folder, STATE_FILE), "w") as f:
+                f.write(state.model_dump_json())
+        ray.train.report(
+            {**(metrics or {}), "step": state.step}, checkpoint=Checkpoint.from_directory(folder)
+        )
+
+
+def export(module: torch.nn.Module, tokenizer, plan: TrainPlan) -> None:
+    """Writes the trained model as a model directory (safetensors, config, tokenizer with the
+    vicuna_v1 chat template, image processor) to ``RUN/model``."""
+    tokenizer.chat_template = get_chat_template("vicuna_v1")
+    with tempfile.TemporaryDirectory() as folder:
+        save_model_dir(module, tokenizer, folder)
+        upload_dir(folder, join(plan.spec.run_dir, "model"), plan.spec.storage)

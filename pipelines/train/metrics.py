@@ -1,0 +1,158 @@
+"""Training metrics: rank 0's console progress, ``metrics.csv``, TensorBoard, and the loss plot.
+
+Rank 0 may run on any node: it writes the logs where it runs and, for an S3 run, uploads them when
+the run ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from pipelines.storage import fs_path, is_s3, upload_dir
+from pipelines.train.plan import TrainPlan, TrainState
+
+METRIC_COLUMNS = (
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "grad_norm",
+    "samples_per_s",
+    "tokens_per_s",
+    "mfu",
+    "memory_gb",
+    "data_wait",
+)
+
+
+class Meter:
+    """Accumulates micro-batch numbers and turns them into one metrics row per ``log_every``
+    optimizer steps; MFU comes from the plan's FLOPs per token and peak FLOP/s."""
+
+    def __init__(self, plan: TrainPlan, rank: int):
+        self.plan, self.rank = plan, rank
+        self._reset()
+        self.bar = self.csv = self.writer = None
+        if rank != 0:
+            return
+        from tensorboardX import SummaryWriter
+        from tqdm import tqdm
+
+        spec = plan.spec
+        s3 = is_s3(spec.run_dir)
+        self.local_dir = tempfile.mkdtemp(prefix="stf-logs-") if s3 else fs_path(spec.run_dir)
+        os.makedirs(self.local_dir, exist_ok=True)
+        path = os.path.join(self.local_dir, "metrics.csv")
+        fresh = not os.path.exists(path)
+        self.csv_file = open(path, "a", newline="")  # noqa: SIM115 (kept open for the run)
+        self.csv = csv.writer(self.csv_file)
+        if fresh:
+            self.csv.writerow(METRIC_COLUMNS)
+        self.writer = SummaryWriter(os.path.join(self.local_dir, "tensorboard"))
+        self.bar = tqdm(total=plan.total_steps, desc=f"{spec.stage} {spec.name}", unit="step")
+
+    def _reset(self) -> None:
+        self.window_loss: list[float] = []
+        self.window_samples = self.window_tokens = 0
+        self.window_data_s = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, loss: float, batch: dict[str, torch.Tensor], data_s: float) -> None:
+        """One micro-batch: its loss, rows, real tokens and the time spent waiting for it."""
+        self.window_data_s += data_s
+        self.window_loss.append(loss)
+        self.window_samples += int(batch["input_ids"].shape[0])
+        self.window_tokens += int(batch["attention_mask"].sum())
+
+    def step(self, state: TrainState, grad_norm: float | None, lr: float) -> dict | None:
+        """Counts an optimizer step; returns a metrics row when one is due (else None)."""
+        world = self.plan.world_size
+        state.samples += self.window_samples * world
+        state.tokens += self.window_tokens * world
+        if self.bar is not None:
+            self.bar.n = state.step
+            self.bar.refresh()
+        if state.step % self.plan.spec.log_every and state.step != self.plan.total_steps:
+            return None
+        metrics = self._row(state, grad_norm, lr)
+        self._reset()
+        if self.rank == 0:
+            self._write(metrics, state.step)
+        return metrics
+
+    def _row(self, state: TrainState, grad_norm: float | None, lr: float) -> dict[str, Any]:
+        world = self.plan.world_size
+        elapsed = time.perf_counter() - self.started
+        tokens_per_s = self.window_tokens * world / elapsed
+        flops = self.plan.flops_per_token * tokens_per_s / world
+        return {
+            "step": state.step,
+            "epoch": state.epoch,
+            "loss": sum(self.window_loss) / max(len(self.window_loss), 1),
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "samples_per_s": self.window_samples * world / elapsed,
+            "tokens_per_s": tokens_per_s,
+            "mfu": flops / self.plan.peak_flops if self.plan.peak_flops else float("nan"),
+            "memory_gb": memory_gb(),
+            "data_wait": self.window_data_s / elapsed,  # share of the time spent waiting for data
+        }
+
+    def _write(self, metrics: dict[str, Any], step: int) -> None:
+        self.csv.writerow([metrics[c] for c in METRIC_COLUMNS])
+        self.csv_file.flush()
+        for key, value in metrics.items():
+            if key != "step":
+                self.writer.add_scalar(f"train/{key}", value, step)
+        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+
+    def close(self) -> None:
+        """Closes the logs; rank 0 draws the loss curve and uploads the logs of an S3 run."""
+        if self.rank != 0:
+            return
+        self.bar.close()
+        self.writer.close()
+        self.csv_file.close()
+        plot_loss(self.local_dir)
+        spec = self.plan.spec
+        if is_s3(spec.run_dir):
+            upload_dir(self.local_dir, spec.run_dir, spec.storage)
+
+
+def memory_gb() -> float:
+    """Peak GPU memory allocated, or this process' resident memory on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1e9
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e9
+
+
+def plot_loss(log_dir: str) -> None:
+    """``loss.png`` from ``metrics.csv`` in ``log_dir``."""
+    path = os.path.join(log_dir, "metrics.csv")
+    if not os.path.exists(path):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows]
+    losses = [float(r["loss"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, losses, marker="o", markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(log_dir, "loss.png"), dpi=100)
+    plt.close(fig)

@@ -1,0 +1,246 @@
+"""`stf infer` and `stf eval` on a real local Ray: error rows, parity, resume after a kill, S3."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from jobkill import kill_cli_job_when
+from PIL import Image
+
+from pipelines.evaluate import EvalSpec, normalize_answer, score, summary_line
+from pipelines.evaluate import run as run_eval
+from pipelines.infer import InferSpec
+from pipelines.infer.job import read_output
+from pipelines.infer.job import run as run_infer
+from pipelines.synth import write_corpus
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from stf_model import build_tiny, save_model_dir
+
+    path = tmp_path_factory.mktemp("infer") / "tiny"
+    save_model_dir(*build_tiny(seed=0), path)
+    return str(path)
+
+
+def _images(folder: Path, n: int) -> list[Path]:
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / ("sub" if i % 3 == 0 else "") / f"img{i:03d}.jpg"
+        Image.new("RGB", (40 + i, 30), (10 * i % 255, 80, 160)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _spec(model_dir, inputs, output, **extra) -> InferSpec:
+    return InferSpec.model_validate(
+        {
+            "model": {"path": model_dir},
+            "inputs": inputs,
+            "output": str(output),
+            "max_new_tokens": 5,
+            "batch_size": 4,
+            "rows_per_file": 8,
+            **extra,
+        }
+    )
+
+
+def test_folder_with_broken_images_gives_error_rows(ray_local, model_dir, tmp_path):
+    from pipelines.models import load_generator
+    from pipelines.spec import InferenceModel, StorageOptions
+    from stf_model.generation import ChatPrompt, SamplingParams
+
+    images = tmp_path / "images"
+    good = _images(images, 9)
+    (images / "broken.png").write_bytes(b"this is not a png")
+    big = tmp_path / "big.jpg"
+    Image.effect_noise((200, 150), 60).convert("RGB").save(big)
+    (images / "cut.jpg").write_bytes(big.read_bytes()[: big.stat().st_size * 2 // 3])
+    (images / "notes.txt").write_text("not an image, not listed")
+    spec = _spec(model_dir, str(images), tmp_path / "out", prompt="Describe.", answers_jsonl=True)
+    summary = run_infer(spec)
+    assert summary.rows == 11 and summary.answered == 9 and summary.errors == 2
+    assert summary.errors_by_reason == {"image_undecodable": 1, "image_truncated": 1}
+    output = {r["id"]: r for r in read_output(spec).to_pylist()}
+    assert set(output) == {str(p.relative_to(images)) for p in good} | {"broken.png", "cut.jpg"}
+    assert (
+        output["broken.png"]["answer"] is None
+        and "image_undecodable" in output["broken.png"]["error"]
+    )
+    row = output["sub/img000.jpg"]
+    assert row["error"] is None and row["completion_tokens"] == 5 and row["prompt_tokens"] > 36
+    # The job's answer is what the model gives in this process.
+    generator = load_generator(InferenceModel(path=model_dir), StorageOptions())
+    text = generator.render(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
+    )
+    expected = generator.generate(
+        [ChatPrompt(text, [Image.open(good[0]).convert("RGB")], SamplingParams(5, temperature=0))]
+    )[0]
+    assert row["answer"] == expected.text
+    answers = [
+        json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()
+    ]
+    assert len(answers) == 11 and {"question_id", "prompt", "text", "model_id"} <= set(answers[0])
+    # A re-run has nothing left to do and writes nothing new.
+    files = sorted(os.listdir(tmp_path / "out" / "parts"))
+    again = run_infer(spec)
+    assert again.resumed_rows == 11 and sorted(os.listdir(tmp_path / "out" / "parts")) == files
+
+
+def test_table_input_with_per_row_prompts_and_template(ray_local, model_dir, tmp_path):
+    images = _images(tmp_path / "imgs", 4)
+    table = tmp_path / "rows.jsonl"
+    rows = [
+        {"key": f"q{i}", "path": str(p.relative_to(tmp_path / "imgs")), "question": f"Q{i}?"}
+        for i, p in enumerate(images)
+    ]
+    rows[0]["ask"] = "own prompt"
+    table.write_text("\n".join(json.dumps(r) for r in rows))
+    spec = _spec(
+        model_dir,
+        str(table),
+        tmp_path / "out",
+        id_column="key",
+        image_column="path",
+        image_root=str(tmp_path / "imgs"),
+        prompt_column="ask",
+        prompt="default",
+        prompt_template="{prompt} / {question}",
+    )
+    run_infer(spec)
+    prompts = {r["id"]: r["prompt"] for r in read_output(spec).to_pylist()}
+    assert prompts == {
+        "q0": "own prompt / Q0?",
+        "q1": "default / Q1?",
+        "q2": "default / Q2?",
+        "q3": "default / Q3?",
+    }
+    bad = _spec(model_dir, str(table), tmp_path / "o2", id_column="nope")
+    with pytest.raises(ValueError, match="no 'nope'"):
+        run_infer(bad)
+
+
+def test_repair_drops_partial_files_and_redoes_their_rows(ray_local, model_dir, tmp_path):
+    images = tmp_path / "images"
+    _images(images, 20)
+    spec = _spec(model_dir, str(images), tmp_path / "out")
+    run_infer(spec)
+    parts = tmp_path / "out" / "parts"
+    files = sorted(parts.iterdir())
+    assert len(files) >= 2
+    lost = pq.read_table(files[0]).column("id").to_pylist()
+    files[0].write_bytes(files[0].read_bytes()[:100])  # as if killed while writing
+    twin = parts / "twin.parquet"
+    twin.write_bytes(files[1].read_bytes())  # as if a retried task wrote its block twice
+    summary = run_infer(spec)
+    assert summary.resumed_rows == 20 - len(lost)
+    ids = read_output(spec).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 20 and set(lost) <= set(ids)
+    assert not files[0].exists() or pq.read_table(files[0])  # the partial file is gone
+    assert not (twin.exists() and files[1].exists())
+
+
+@pytest.mark.slow  # a fault test: a real SIGKILL mid-run, then the re-run (`make test-slow`)
+def test_killed_run_resumes_and_writes_each_id_once(ray_local, model_dir, tmp_path):
+    images = tmp_path / "images"
+    _images(images, 48)
+    out = tmp_path / "out"
+    args = [
+        "infer",
+        "--set",
+        f"model.path={model_dir}",
+        "--set",
+        f"inputs={images}",
+        "--set",
+        f"output={out}",
+        "--set",
+        "max_new_tokens=24",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "rows_per_file=2",
+    ]
+    parts = out / "parts"
+    kill_cli_job_when(
+        args,
+        ray_local,
+        lambda: parts.exists() and any(p.suffix == ".parquet" for p in parts.iterdir()),
+    )
+    assert not (out / "summary.json").exists()
+    spec = _spec(model_dir, str(images), out, max_new_tokens=24, batch_size=2, rows_per_file=2)
+    summary = run_infer(spec)
+    assert 0 < summary.resumed_rows < 48
+    ids = read_output(spec).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 48
+
+
+def test_eval_on_the_synthetic_split_reports_accuracy(ray_local, model_dir, tmp_path):
+    write_corpus(tmp_path / "corpus", n=4, n_eval=12)
+    spec = EvalSpec.model_validate(
+        {
+            "model": {"path": model_dir},
+            "questions": str(tmp_path / "corpus" / "eval.jsonl"),
+            "output": str(tmp_path / "eval"),
+            "max_new_tokens": 4,
+            "batch_size": 8,
+        }
+    )
+    report = run_eval(spec)
+    assert report.n == 12 and 0.0 <= report.accuracy <= 1.0 and report.errors == 0
+    types = {
+        json.loads(line)["question_type"]
+        for line in (tmp_path / "corpus" / "eval.jsonl").read_text().splitlines()
+    }
+    assert set(report.by_type) == types
+    assert report.baselines is not None and 0 < report.baselines.chance < 1
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["n"] == 12
+    assert summary_line(spec, report).startswith("eval: accuracy ")
+
+
+def test_infer_from_and_to_s3(ray_local, s3_server, model_dir, tmp_path):
+    from pipelines.spec import StorageOptions
+    from pipelines.storage import filesystem
+
+    storage = {
+        "endpoint_url": s3_server,
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+    }
+    fs = filesystem("s3://x", StorageOptions(**storage))
+    fs.mkdir("infer-bucket")
+    images = _images(tmp_path / "images", 5)
+    for path in images:
+        fs.put_file(str(path), f"infer-bucket/images/{path.relative_to(tmp_path / 'images')}")
+    fs.put(model_dir + "/", "infer-bucket/model/", recursive=True)
+    spec = _spec(
+        "s3://infer-bucket/model",
+        "s3://infer-bucket/images/**/*.jpg",
+        "s3://infer-bucket/out",
+        storage=storage,
+    )
+    summary = run_infer(spec)
+    assert summary.rows == 5 and summary.errors == 0
+    assert sorted(read_output(spec).column("id").to_pylist()) == sorted(
+        str(p.relative_to(tmp_path / "images")) for p in images
+    )
+    fs.invalidate_cache()
+    assert fs.exists("infer-bucket/out/summary.json")
+
+
+def test_scoring():
+    assert normalize_answer("The Two.") == "two"
+    report = score(
+        [
+            {"answer": "2", "prediction": "two", "question_type": "count"},
+            {"answer": "red", "prediction": None, "question_type": "color"},
+        ]
+    )
+    assert report.accuracy == 0.5 and report.by_type == {"color": 0.0, "count": 1.0}

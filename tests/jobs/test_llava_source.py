@@ -1,0 +1,59 @@
+"""Streaming LLaVA record files: JSON lists and JSONL, positions, and broken files."""
+
+import json
+
+import pytest
+
+import pipelines.preprocess.source as source
+from pipelines.spec import StorageOptions
+
+
+def records(path):
+    return list(source.iter_raw_records(str(path), StorageOptions()))
+
+
+@pytest.fixture(params=[1 << 20, 7])  # a tiny chunk makes every record span reads
+def chunk(request, monkeypatch):
+    monkeypatch.setattr(source, "_CHUNK", request.param)
+
+
+def test_json_list_streams_every_element_with_its_line(tmp_path, chunk):
+    items = [
+        {"id": i, "conversations": [{"from": "human", "value": "a,]\n" * i}]} for i in range(5)
+    ]
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(items, indent=1))
+    rows = records(path)
+    assert [json.loads(r["raw"]) for r in rows] == items
+    assert [r["index"] for r in rows] == list(range(5))
+    lines = path.read_text().splitlines()
+    for row in rows:
+        assert lines[row["line"] - 1].strip() == "{"
+
+
+def test_jsonl_positions_skip_blank_lines(tmp_path, chunk):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"id": 1}\n\n{bad json\n{"id": 3}')  # no final newline
+    rows = records(path)
+    assert [(r["index"], r["line"], r["raw"]) for r in rows] == [
+        (0, 1, '{"id": 1}'),
+        (1, 3, "{bad json"),
+        (2, 4, '{"id": 3}'),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        ('[{"id": 1}, {"id": 2', "line 1"),
+        ('[{"id": 1} {"id": 2}]', "missing ','"),
+        ('[{"id": 1},\n', "not closed"),
+    ],
+)
+def test_a_broken_json_list_ends_with_one_error_row(tmp_path, chunk, text, why):
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    rows = records(path)
+    assert json.loads(rows[0]["raw"]) == {"id": 1}
+    assert rows[-1]["raw"] is None and why in rows[-1]["error"]
+    assert len(rows) == 2

@@ -1,0 +1,403 @@
+"""`stf serve` on a real Ray Serve (127.0.0.1), driven by the real `openai` client and raw HTTP."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import http.server
+import io
+import socket
+import threading
+
+import pytest
+import requests
+from PIL import Image
+
+API_KEY = "test-key-123"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _png(size=(64, 48), color=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _image_message(url: str, text: str = "What is in the image?") -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": text},
+            ],
+        }
+    ]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from stf_model import build_tiny, save_model_dir
+
+    path = tmp_path_factory.mktemp("serve") / "tiny-chat"
+    model, tokenizer = build_tiny(seed=0)
+    save_model_dir(model, tokenizer, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def image_host():
+    """A plain HTTP server on 127.0.0.1 with one PNG, for the allow-listed remote-image case."""
+    payload = _png(color=(20, 200, 20))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/green.png"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, model_dir):
+    """The application on the session's Ray; Serve is shut down at the end of the module so the
+    replica's CPU is free for the tests after it."""
+    from ray import serve
+
+    from pipelines.serve import ServeSpec
+    from pipelines.serve.builders import run
+
+    spec = ServeSpec.model_validate(
+        {
+            "model": {"path": model_dir},
+            "port": _free_port(),
+            "api_key": API_KEY,
+            "deployment": {"max_ongoing_requests": 8, "max_queued_requests": 8, "num_cpus": 0.5},
+            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.1},
+            "limits": {
+                "max_body_bytes": 1_000_000,
+                "max_image_bytes": 300_000,
+                "max_image_pixels": 200_000,
+                "max_images": 2,
+                "max_tokens": 64,
+                "default_max_tokens": 12,
+            },
+            "allowed_image_hosts": ["127.0.0.1"],
+        }
+    )
+    url = run(spec, blocking=False)
+    try:
+        yield url, spec
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    url, _ = server
+    return OpenAI(base_url=f"{url}/v1", api_key=API_KEY, timeout=60, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    """The same model in this process: what the server must answer for greedy requests."""
+    from pipelines.models import load_generator
+    from pipelines.spec import InferenceModel, StorageOptions
+
+    return load_generator(InferenceModel(path=model_dir), StorageOptions())
+
+
+def _expected(reference, messages, max_tokens, images=(), stop=()):
+    from stf_model.generation import ChatPrompt, SamplingParams
+
+    prompt = ChatPrompt(
+        reference.render(messages),
+        [Image.open(io.BytesIO(i)).convert("RGB") for i in images],
+        SamplingParams(max_new_tokens=max_tokens, temperature=0, stop=tuple(stop)),
+    )
+    return reference.generate([prompt])[0]
+
+
+def _post(url, body=None, raw=None, key=API_KEY, headers=None):
+    headers = {"Authorization": f"Bearer {key}", **(headers or {})}
+    if raw is not None:
+        return requests.post(f"{url}/v1/chat/completions", data=raw, headers=headers, timeout=60)
+    return requests.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+
+
+def test_models_list(client, server):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny-chat"]
+    assert requests.get(f"{server[0]}/health", timeout=10).json()["status"] == "ok"
+
+
+def test_chat_with_image_matches_in_process_generation(client, reference):
+    image = _png()
+    messages = _image_message(_data_url(image))
+    reply = client.chat.completions.create(
+        model="tiny-chat", messages=messages, max_tokens=10, temperature=0
+    )
+    expected = _expected(reference, messages, 10, [image])
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content == expected.text
+    assert reply.choices[0].finish_reason == (
+        "length" if expected.finish_reason == "length" else "stop"
+    )
+    assert reply.usage.prompt_tokens == expected.prompt_tokens  # 36 image tokens included
+    assert reply.usage.prompt_tokens > 36
+    assert reply.usage.completion_tokens == expected.completion_tokens
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_streaming_equals_plain(client, reference):
+    image = _png(color=(10, 10, 220))
+    messages = _image_message(_data_url(image), "Describe it.")
+    stream = client.chat.completions.create(
+        model="tiny-chat",
+        messages=messages,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    expected = _expected(reference, messages, 16, [image])
+    assert text == expected.text
+    assert len(finishes) == 1
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # really streamed
+    assert chunks[-1].usage.completion_tokens == expected.completion_tokens
+
+
+def test_stop_string_cuts_the_answer(client, reference):
+    messages = [{"role": "user", "content": "Tell me a story about shapes."}]
+    full = _expected(reference, messages, 24).text
+    assert len(full) >= 6
+    stop = full[3:5]
+    reply = client.chat.completions.create(
+        model="tiny-chat", messages=messages, max_tokens=24, temperature=0, stop=[stop]
+    )
+    assert reply.choices[0].message.content == full[: full.find(stop)]
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_sampling_parameters_are_used(client):
+    messages = [{"role": "user", "content": "Say something."}]
+    answers = {
+        client.chat.completions.create(
+            model="tiny-chat", messages=messages, max_tokens=8, temperature=1.5, top_p=1.0
+        )
+        .choices[0]
+        .message.content
+        for _ in range(4)
+    }
+    assert len(answers) > 1  # a random tiny model sampled at temperature 1.5 varies
+
+
+def test_concurrent_requests_are_batched(client, server):
+    url, _ = server
+    before = requests.get(
+        f"{url}/stats", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+    )
+    messages = [{"role": "user", "content": "Count the shapes."}]
+
+    def ask(max_tokens):
+        return (
+            client.chat.completions.create(
+                model="tiny-chat", messages=messages, max_tokens=max_tokens, temperature=0
+            )
+            .choices[0]
+            .message.content
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, [4, 6, 8, 10, 12, 14, 16, 18]))
+    after = requests.get(f"{url}/stats", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    sizes_before = {int(k): v for k, v in before.json()["batch_sizes"].items()}
+    sizes_after = {int(k): v for k, v in after.json()["batch_sizes"].items()}
+    new = {k: sizes_after[k] - sizes_before.get(k, 0) for k in sizes_after}
+    assert any(size > 1 and count > 0 for size, count in new.items()), new
+    # Greedy rows of one batch, each with its own budget: every answer extends the shorter ones.
+    for short, long in zip(answers, answers[1:], strict=False):
+        assert long.startswith(short)
+
+
+def test_remote_image_from_an_allowed_host(client, image_host):
+    reply = client.chat.completions.create(
+        model="tiny-chat", messages=_image_message(image_host), max_tokens=4, temperature=0
+    )
+    assert reply.usage.prompt_tokens > 36
+
+
+def _error_cases(image_host_url: str) -> list[tuple[str, dict | None, bytes | None, int]]:
+    big_png = Image.frombytes("RGB", (300, 300), (bytes(range(256)) * 1055)[:270_000])
+    buffer = io.BytesIO()
+    big_png.save(buffer, format="PNG")  # 300x300 = 90,000 pixels: under the pixel limit
+    many_pixels = _png(size=(600, 400))  # 240,000 pixels: over the 200,000-pixel limit
+    noisy = Image.effect_noise((400, 400), 100).convert("RGB")
+    noisy_buf = io.BytesIO()
+    noisy.save(noisy_buf, format="BMP")  # ~480 KB: over the 300 KB image limit
+    text = [{"role": "user", "content": "hi"}]
+    return [
+        ("malformed JSON", None, b'{"messages": [', 400),
+        ("not JSON at all", None, b"\xff\xfe garbage", 400),
+        ("no messages", {"model": "tiny-chat"}, None, 400),
+        ("empty messages", {"messages": []}, None, 400),
+        ("bad role", {"messages": [{"role": "robot", "content": "x"}]}, None, 400),
+        ("temperature out of range", {"messages": text, "temperature": 7}, None, 400),
+        ("n > 1", {"messages": text, "n": 2}, None, 400),
+        ("max_tokens over the limit", {"messages": text, "max_tokens": 5000}, None, 400),
+        ("too many stops", {"messages": text, "stop": ["a", "b", "c", "d", "e"]}, None, 400),
+        ("unknown model", {"model": "gpt-9", "messages": text}, None, 404),
+        (
+            "undecodable image",
+            {"messages": _image_message(_data_url(b"not an image at all"))},
+            None,
+            400,
+        ),
+        ("bad base64", {"messages": _image_message("data:image/png;base64,@@@@")}, None, 400),
+        ("not a data URL", {"messages": _image_message("data:text/plain,hello")}, None, 400),
+        ("file URL", {"messages": _image_message("file:///etc/passwd")}, None, 400),
+        (
+            "host not allowed",
+            {"messages": _image_message("http://169.254.169.254/latest/meta-data")},
+            None,
+            400,
+        ),
+        (
+            "too many images",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": _data_url(_png())}}]
+                        * 3,
+                    }
+                ]
+            },
+            None,
+            400,
+        ),
+        (
+            "image over the pixel limit",
+            {"messages": _image_message(_data_url(many_pixels))},
+            None,
+            413,
+        ),
+        (
+            "image over the byte limit",
+            {"messages": _image_message(_data_url(noisy_buf.getvalue(), "image/bmp"))},
+            None,
+            413,
+        ),
+        ("body over the limit", {"messages": text, "pad": "x" * 1_100_000}, None, 413),
+        (
+            "truncated image",
+            {"messages": _image_message(_data_url(buffer.getvalue()[:2000]))},
+            None,
+            400,
+        ),
+    ]
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, image_host):
+    url, _ = server
+    for name, body, raw, status in _error_cases(image_host):
+        response = _post(url, body=body, raw=raw)
+        assert response.status_code == status, (name, response.status_code, response.text[:300])
+        error = response.json()["error"]
+        assert error["message"] and error["type"], name
+    # Auth: missing and wrong keys; unknown route; wrong method.
+    assert (
+        _post(url, {"messages": [{"role": "user", "content": "hi"}]}, key="wrong").status_code
+        == 401
+    )
+    assert requests.get(f"{url}/v1/models", timeout=10).status_code == 401
+    assert requests.get(f"{url}/v1/nothing", timeout=10).status_code == 404
+    assert requests.get(f"{url}/v1/chat/completions", timeout=10).status_code == 405
+    # And a normal request still succeeds.
+    reply = client.chat.completions.create(
+        model="tiny-chat", messages=_image_message(_data_url(_png())), max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+
+
+def test_bounded_load_without_server_errors(server, client):
+    url, _ = server
+    body = {"messages": [{"role": "user", "content": "Which colour?"}], "max_tokens": 6}
+
+    def one(_):
+        try:
+            response = _post(url, body)
+            return response.status_code, response.text[:200]
+        except requests.RequestException as err:
+            return type(err).__name__, str(err)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(200), timeout=240))
+    counts = {s: sum(1 for r in results if r[0] == s) for s in {r[0] for r in results}}
+    # 503 is Serve's deliberate back-pressure (max_queued_requests); nothing else may fail.
+    assert set(counts) <= {200, 503}, (counts, [r for r in results if r[0] not in (200, 503)][:3])
+    assert counts.get(200, 0) >= 20, counts
+    assert requests.get(f"{url}/health", timeout=10).status_code == 200
+    reply = client.chat.completions.create(
+        model="tiny-chat", messages=body["messages"], max_tokens=4
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_spec_checks():
+    from pipelines.serve import ServeSpec
+
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        ServeSpec.model_validate(
+            {
+                "model": {"path": "/m"},
+                "deployment": {"max_ongoing_requests": 2},
+                "batching": {"max_batch_size": 8},
+            }
+        )
+    with pytest.raises(ValueError):
+        ServeSpec.model_validate(
+            {
+                "model": {"path": "/m"},
+                "deployment": {"autoscaling_config": {"min_replicas": 5, "max_replicas": 2}},
+            }
+        )
+    with pytest.raises(ValueError, match="default_max_tokens"):
+        ServeSpec.model_validate({"model": {"path": "/m"}, "limits": {"max_tokens": 64}})
+    spec = ServeSpec.model_validate(
+        {
+            "model": {"path": "/m/x"},
+            "api_key": "sk-hush-123",
+            "deployment": {"autoscaling_config": {"min_replicas": 0, "max_replicas": 4}},
+        }
+    )
+    assert "sk-hush-123" not in str(spec.resolved())
+    assert spec.deployment.ray_options()["autoscaling_config"]["max_replicas"] == 4
+    assert "num_replicas" not in spec.deployment.ray_options()

@@ -1,0 +1,63 @@
+"""`stf serve` as a user runs it: a second driver on the test cluster, answering, stopped by Ctrl-C (SIGINT)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+
+
+def test_stf_serve_command_serves_until_interrupted(ray_local, tmp_path):
+    from stf_model import build_tiny, save_model_dir
+
+    save_model_dir(*build_tiny(seed=0), tmp_path / "model")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = tmp_path / "serve.yaml"
+    spec.write_text(
+        f"model:\n  path: {tmp_path / 'model'}\nmodel_id: cli-model\nport: {port}\n"
+        "deployment:\n  num_cpus: 0.5\n"
+    )
+    env = {**os.environ, "RAY_ADDRESS": ray_local}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", str(spec)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        models = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                models = requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()
+                break
+            except (requests.RequestException, ValueError):
+                time.sleep(0.5)
+        assert models is not None, proc.stdout.read() if proc.poll() is not None else "no answer"
+        assert models["data"][0]["id"] == "cli-model"
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        reply = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60)
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        assert code == 0, proc.stdout.read()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        from ray import serve
+
+        serve.shutdown()  # whatever happened above, no replica keeps CPUs from later tests
+    # Serve was shut down with the command: the port no longer answers.
+    try:
+        requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+        answered = True
+    except requests.RequestException:
+        answered = False
+    assert not answered

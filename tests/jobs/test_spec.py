@@ -1,0 +1,97 @@
+"""Job specs: YAML + --set overrides, one-paragraph errors, secrets never written out."""
+
+import os
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.preprocess import PreprocessSpec
+from pipelines.spec import SpecError, StorageOptions, apply_overrides, load_spec, spec_reference
+
+
+def write(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_plus_overrides_are_validated_together(tmp_path):
+    path = write(tmp_path, "inputs: a.jsonl\noutput: out\nstorage:\n  region: eu-west-1\n")
+    spec = load_spec(
+        PreprocessSpec,
+        path,
+        ["max_length=512", "storage.endpoint_url=http://127.0.0.1:9", "inputs=[a, b]"],
+    )
+    # Local paths become absolute (workers may run elsewhere); s3:// URLs stay as given.
+    assert spec.inputs == [os.path.abspath("a"), os.path.abspath("b")] and spec.max_length == 512
+    assert load_spec(PreprocessSpec, path, ["inputs=s3://bucket/x.jsonl"]).inputs == [
+        "s3://bucket/x.jsonl"
+    ]
+    assert spec.storage.region == "eu-west-1"
+    assert spec.storage.endpoint_url == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    "text,overrides,needle",
+    [
+        ("inputs: a\n", [], "key 'output' is required"),
+        ("inputs: a\noutput: o\nmax_lenght: 5\n", [], "unknown key 'max_lenght'"),
+        ("inputs: a\noutput: o\n", ["max_error_rate=2"], "key 'max_error_rate'"),
+        ("inputs: a\noutput: o\n", ["template=chatml"], "key 'template'"),
+        ("- a\n- b\n", [], "a spec is a mapping"),
+        ("inputs: [a\n", [], "not valid YAML"),
+        ("inputs: a\noutput: o\n", ["storage"], "expected dotted.key=value"),
+        ("inputs: a\noutput: o\n", ["output.x=1"], "output is 'o', not a mapping"),
+    ],
+)
+def test_spec_errors_name_the_key(tmp_path, text, overrides, needle):
+    with pytest.raises(SpecError) as err:
+        load_spec(PreprocessSpec, write(tmp_path, text), overrides)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_reports_spec_errors_with_exit_2_and_no_traceback(tmp_path, capsys):
+    path = write(tmp_path, "inputs: a\noutput: o\nbatch_size: zero\n")
+    assert main(["preprocess", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size" in err and "Traceback" not in err
+    assert main(["preprocess", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_secrets_are_masked_in_the_resolved_spec():
+    spec = PreprocessSpec(
+        inputs=["a"], output="o", storage={"access_key_id": "AKIA", "secret_access_key": "s3cr3t"}
+    )
+    assert "s3cr3t" not in str(spec.resolved()) and "AKIA" not in str(spec.resolved())
+    assert spec.storage.s3fs_options()["secret"] == "s3cr3t"
+
+
+def test_storage_falls_back_to_the_aws_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    options = StorageOptions().s3fs_options()
+    assert options["endpoint_url"] == "http://127.0.0.1:5000" and "key" not in options
+    assert StorageOptions(endpoint_url="http://x").s3fs_options()["endpoint_url"] == "http://x"
+
+
+def test_overrides_do_not_mutate_the_input():
+    data = {"a": {"b": 1}}
+    assert apply_overrides(data, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
+    assert data == {"a": {"b": 1}}
+
+
+def test_reference_lists_every_key(capsys):
+    reference = spec_reference(PreprocessSpec)
+    for name in PreprocessSpec.model_fields:
+        assert f"\n{name}:" in "\n" + reference
+    assert "  endpoint_url: null" in reference and "inputs:  # required" in reference
+    assert main(["spec", "preprocess"]) == 0
+    assert "max_error_rate: 0.05" in capsys.readouterr().out
+
+
+def test_the_spec_layer_knows_the_library_presets():
+    from pipelines.spec import PRESET_NAMES
+    from stf_model import PRESETS
+
+    assert tuple(PRESETS) == PRESET_NAMES

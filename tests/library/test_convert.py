@@ -1,0 +1,117 @@
+"""Conversion of a published LLaVA-STF checkpoint: a tiny one in the published layout, built
+here, converted and checked against a direct re-implementation of the published computation."""
+
+import pytest
+import torch
+from checkpoints import published_checkpoint, published_image_features
+from safetensors.torch import load_file, save_file
+from transformers import CLIPVisionModel, LlamaForCausalLM
+
+from stf_model import STFForConditionalGeneration, load_model_dir, normalize_pixels
+from stf_model.constants import PUBLISHED_MBTF_LAYERS
+from stf_model.convert import convert_published_checkpoint as convert
+from stf_model.errors import ModelInputError
+
+
+@pytest.fixture
+def pixels():
+    gen = torch.Generator().manual_seed(3)
+    return torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8, generator=gen)
+
+
+def test_convert_safetensors_with_vision_matches_published_computation(tmp_path, pixels):
+    src, dst = tmp_path / "published", tmp_path / "ours"
+    tensors, vision_tensors, vision_cfg = published_checkpoint(src, True, "safetensors", True)
+    convert(src, dst)
+
+    model, processor = load_model_dir(dst)
+    assert (
+        model.config.feature_layers == list(PUBLISHED_MBTF_LAYERS) and model.config.stf_window == 2
+    )
+    norm = normalize_pixels(pixels, model.config.image_mean, model.config.image_std)
+    expected = published_image_features(tensors, vision_tensors, vision_cfg, norm)
+    torch.testing.assert_close(model.get_image_features(pixels), expected, rtol=1e-4, atol=1e-5)
+
+    # The LLM half is the published LLaMA, logit for logit.
+    llama = LlamaForCausalLM(model.config.text_config).eval()
+    llama.load_state_dict(
+        {
+            k: v
+            for k, v in tensors.items()
+            if not k.startswith("model.mm_") and "inv_freq" not in k and "vision" not in k
+        }
+    )
+    ids = torch.tensor([[1, 20, 30, 40, 50]])
+    torch.testing.assert_close(model(input_ids=ids).logits, llama(input_ids=ids).logits)
+    assert processor.tokenizer.chat_template.startswith("{#- LLaVA conv_vicuna_v1")
+
+
+def test_convert_bin_shards_with_separate_vision_tower(tmp_path, pixels):
+    src, dst, tower = tmp_path / "published", tmp_path / "ours", tmp_path / "clip"
+    tensors, vision_tensors, vision_cfg = published_checkpoint(src, False, "bin", False)
+    clip = CLIPVisionModel(vision_cfg)
+    clip.load_state_dict({k.removeprefix("vision_model."): v for k, v in vision_tensors.items()})
+    clip.save_pretrained(tower)
+
+    # Without the tower the user is told what to pass.
+    with pytest.raises(ModelInputError, match="no vision tower weights"):
+        convert(src, dst)
+    convert(src, dst, vision_tower=tower)
+
+    model = STFForConditionalGeneration.from_pretrained(dst)
+    _, processor = load_model_dir(dst)
+    # <image> was added to the tokenizer: one more word, embeddings padded to a multiple of 64.
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert image_id == 512 == model.config.image_token_index
+    assert model.config.text_config.vocab_size == 576
+    torch.testing.assert_close(
+        model.get_input_embeddings().weight[:512], tensors["model.embed_tokens.weight"]
+    )
+    norm = normalize_pixels(pixels, model.config.image_mean, model.config.image_std)
+    expected = published_image_features(tensors, vision_tensors, vision_cfg, norm)
+    torch.testing.assert_close(model.get_image_features(pixels), expected, rtol=1e-4, atol=1e-5)
+
+    # The converted model runs a full prompt through the processor and generates.
+    from PIL import Image
+
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
+    ]
+    prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    inputs = processor(
+        images=Image.new("RGB", (60, 40), (200, 10, 10)), text=prompt, return_tensors="pt"
+    )
+    assert int((inputs["input_ids"] == image_id).sum()) == 36
+    out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_convert_reports_a_mismatched_checkpoint(tmp_path):
+    src = tmp_path / "published"
+    published_checkpoint(src, True, "safetensors", True)
+    # A window the weights cannot have: 4x4 windows need 16C projector inputs.
+    with pytest.raises(ModelInputError, match="does not match"):
+        convert(src, tmp_path / "o", window=4)
+    with pytest.raises(ModelInputError, match="no config.json"):
+        convert(tmp_path / "nowhere", tmp_path / "o")
+
+
+def test_convert_non_published_block_count_needs_and_takes_blocks(tmp_path):
+    src = tmp_path / "published"
+    published_checkpoint(src, True, "safetensors", True)
+    # Keep the first 4 of the 8 blocks: the MBTF input shrinks to 4C.
+    for shard in src.glob("*.safetensors"):
+        tensors = load_file(shard)
+        key = "model.mm_projector_crosslayer.0.weight"
+        if key in tensors:
+            tensors[key] = tensors[key][:, : tensors[key].shape[1] // 2].contiguous()
+            save_file(tensors, shard)
+    with pytest.raises(ModelInputError, match="fuses 4 blocks"):  # it cannot guess which 4
+        convert(src, tmp_path / "a")
+    convert(src, tmp_path / "b", blocks=[-2, 21, 18, 15])
+    assert STFForConditionalGeneration.from_pretrained(tmp_path / "b").config.feature_layers == [
+        -2,
+        21,
+        18,
+        15,
+    ]

@@ -1,0 +1,191 @@
+"""LLaVA record validation, tokenisation + label masks, and image decoding (no Ray)."""
+
+import numpy as np
+import pytest
+from bad_inputs import (
+    exif_rotated_jpeg,
+    jpeg,
+    png_header_only,
+    sixteen_bit_png,
+    truncated_jpeg,
+)
+
+from stf_model import build_image_processor, build_tiny_tokenizer, get_chat_template, preset_config
+from stf_model.constants import IGNORE_INDEX
+from stf_model.processing import decode_image, image_to_uint8
+from stf_model.records import REASONS, RecordError, parse_record, tokenize_conversation
+
+TOKENIZER = build_tiny_tokenizer()
+
+
+def turns(*values):
+    return [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(values)]
+
+
+def tokenize(conversation, template="vicuna_v1", max_length=2048):
+    return tokenize_conversation(
+        conversation.messages,
+        TOKENIZER,
+        get_chat_template(template),
+        max_length=max_length,
+        image_token_id=4,
+        num_images=conversation.num_images,
+        image_tokens=36,
+    )
+
+
+@pytest.mark.parametrize("text", ["<image>\nWhat?", "What?\n<image>", "What <image> is it?"])
+def test_placeholder_moves_to_the_start_of_the_first_turn(text):
+    conv = parse_record({"id": 7, "image": "a.jpg", "conversations": turns(text, "red")})
+    assert conv.id == "7" and conv.image == "a.jpg" and conv.num_images == 1
+    assert conv.messages[0]["content"].startswith("<image>\n")
+    assert conv.messages[0]["content"].count("<image>") == 1
+
+
+def test_missing_placeholder_can_be_added_on_request():
+    record = {"image": "a.jpg", "conversations": turns("What color?", "red")}
+    with pytest.raises(RecordError) as err:
+        parse_record(record)
+    assert err.value.reason == "image_without_placeholder"
+    conv = parse_record(record, add_missing_image_token=True)
+    assert conv.messages[0]["content"] == "<image>\nWhat color?"
+
+
+@pytest.mark.parametrize(
+    "record,reason",
+    [
+        ("text", "not_an_object"),
+        ({"conversations": []}, "missing_conversations"),
+        ({"conversations": "hi"}, "missing_conversations"),
+        ({"conversations": [{"from": "human"}]}, "bad_turn"),
+        ({"conversations": [{"from": "robot", "value": "x"}]}, "bad_turn"),
+        ({"conversations": [{"from": ["human"], "value": "x"}]}, "bad_turn"),
+        ({"conversations": turns("a", "b", "c")}, "wrong_turn_order"),
+        (
+            {"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]},
+            "wrong_turn_order",
+        ),
+        ({"conversations": turns("a", "")}, "empty_turn"),
+        ({"image": 3, "conversations": turns("<image>a", "b")}, "bad_image_field"),
+        ({"image": ["a", "b"], "conversations": turns("<image>a", "b")}, "bad_image_field"),
+        ({"image": "a", "conversations": turns("a", "b<image>")}, "placeholder_count"),
+        ({"image": "a", "conversations": turns("<image><image>", "b")}, "placeholder_count"),
+        ({"conversations": turns("<image>a", "b")}, "placeholder_without_image"),
+    ],
+)
+def test_bad_records_name_their_reason(record, reason):
+    with pytest.raises(RecordError) as err:
+        parse_record(record)
+    assert err.value.reason == reason and err.value.detail
+
+
+def test_system_turn_and_single_exchange():
+    record = {"conversations": [{"from": "system", "value": "Be brief."}, *turns("a", "b")]}
+    assert parse_record(record).messages[0] == {"role": "system", "content": "Be brief."}
+    with pytest.raises(RecordError) as err:
+        parse_record({"conversations": turns("a", "b", "c", "d")}, single_exchange=True)
+    assert err.value.reason == "not_single_exchange"
+
+
+def test_labels_supervise_exactly_the_answers():
+    conv = parse_record(
+        {"image": "a", "conversations": turns("<image>\nColor?", "red", "N?", "two")}
+    )
+    sample = tokenize(conv)
+    assert sample.input_ids.count(4) == 1 and not sample.truncated
+    supervised = [
+        t for t, label in zip(sample.input_ids, sample.labels, strict=True) if label != IGNORE_INDEX
+    ]
+    assert TOKENIZER.decode(supervised) == " red</s> two</s>"
+    assert all(
+        label in (IGNORE_INDEX, t) for t, label in zip(sample.input_ids, sample.labels, strict=True)
+    )
+    plain = tokenize(
+        parse_record({"image": "a", "conversations": turns("<image>", "a cat")}), "plain"
+    )
+    assert TOKENIZER.decode(plain.input_ids) == "<s><image>a cat\n"
+    assert plain.labels[:2] == [IGNORE_INDEX, IGNORE_INDEX]
+    assert plain.num_supervised == len(plain.input_ids) - 2
+
+
+def test_truncation_keeps_whole_exchanges_counting_image_tokens():
+    conv = parse_record(
+        {"image": "a", "conversations": turns("<image>\nColor?", "red", "N?", "two")}
+    )
+    full = tokenize(conv)
+    first_end = full.labels.index(2) + 1  # end of the first answer's </s>
+    cut = tokenize(conv, max_length=first_end + 35)  # 35 = 36 image tokens - the placeholder
+    assert cut.truncated and cut.input_ids == full.input_ids[:first_end]
+    assert (
+        TOKENIZER.decode([t for t, m in zip(cut.input_ids, cut.labels, strict=True) if m >= 0])
+        == " red</s>"
+    )
+    with pytest.raises(RecordError) as err:
+        tokenize(conv, max_length=first_end + 34)
+    assert err.value.reason == "too_long"
+
+
+def test_template_that_splits_answers_differently_is_a_mask_mismatch():
+    # A template whose generation block covers only the stop token: the label mask no longer
+    # matches the assistant text, the failure the reference code turns into a loss-0 sample.
+    broken = get_chat_template("vicuna_v1").replace(
+        "{%- generation -%}{{- render(message['content']) + eos_token -}}{%- endgeneration -%}",
+        "{{- render(message['content']) -}}{%- generation -%}{{- eos_token -}}{%- endgeneration -%}",
+    )
+    assert broken != get_chat_template("vicuna_v1")
+    conv = parse_record({"conversations": turns("Hi?", "hello there")})
+    with pytest.raises(RecordError) as err:
+        tokenize_conversation(
+            conv.messages,
+            TOKENIZER,
+            broken,
+            max_length=512,
+            image_token_id=4,
+            num_images=0,
+            image_tokens=36,
+        )
+    assert err.value.reason == "mask_mismatch"
+
+
+def test_every_reason_is_documented():
+    assert all(isinstance(v, str) and v for v in REASONS.values())
+    with pytest.raises(KeyError):
+        RecordError("no_such_reason", "x")
+
+
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "image_empty"),
+        (b"hello, not an image", "image_undecodable"),
+        (truncated_jpeg(), "image_truncated"),
+        (png_header_only(40000, 40000), "image_too_large"),
+    ],
+)
+def test_undecodable_images(data, reason):
+    with pytest.raises(RecordError) as err:
+        decode_image(data, max_pixels=89_478_485)
+    assert err.value.reason == reason
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    with pytest.raises(RecordError) as err:
+        decode_image(jpeg(size=(200, 100)), max_pixels=200 * 100 - 1)
+    assert err.value.reason == "image_too_large" and "20000 pixels" in err.value.detail
+    assert decode_image(jpeg(size=(200, 100)), max_pixels=200 * 100).size == (200, 100)
+
+
+def test_exif_orientation_is_applied():
+    image = decode_image(exif_rotated_jpeg(), max_pixels=10**6)
+    assert image.size == (32, 64)  # upright: tall
+    pixels = image_to_uint8(image, build_image_processor(preset_config("tiny"), "pad"))
+    top, bottom = pixels[:, 4, 24], pixels[:, 44, 24]
+    assert top[0] > 200 and top[2] < 60  # red on top
+    assert bottom[2] > 200 and bottom[0] < 60  # blue below
+
+
+def test_modes_decode_to_rgb():
+    cmyk = decode_image(jpeg(color=(0, 255, 255, 0), mode="CMYK"), max_pixels=10**6)
+    assert cmyk.mode == "RGB" and np.asarray(cmyk)[5, 5, 0] > 200  # cyan-free, magenta+yellow
+    gray = decode_image(sixteen_bit_png(30000), max_pixels=10**6)
+    assert gray.mode == "RGB" and np.asarray(gray)[0, 0].tolist() == [117, 117, 117]

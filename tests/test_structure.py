@@ -1,0 +1,101 @@
+"""The house rules that keep the code easy to change, checked on every run: modules readable in one
+sitting, no long functions, no formatter opt-outs, nothing cited outside the repository, and the
+spec modules light enough to load without the servers and frameworks they configure."""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("stf_model", "pipelines")
+MAX_MODULE_LINES = 350
+MAX_FUNCTION_LINES = 80
+
+
+def python_files(*folders: str) -> list[Path]:
+    return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
+
+
+def tracked_text_files() -> list[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    suffixes = {".py", ".md", ".yaml", ".yml", ".toml", ".jinja", ".txt", ""}
+    return [ROOT / p for p in listed if Path(p).suffix in suffixes and (ROOT / p).is_file()]
+
+
+def test_modules_stay_readable_in_one_sitting():
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in python_files(*PACKAGES)
+        if (n := len(p.read_text().splitlines())) >= MAX_MODULE_LINES
+    }
+    assert not long, f"modules of {MAX_MODULE_LINES}+ lines (split along their seams): {long}"
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for path in python_files(*PACKAGES, "tests", "examples", "docs"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_no_formatter_opt_outs():
+    opt_out = re.compile(r"#\s*fmt:\s*(skip|off)")
+    found = [
+        str(p.relative_to(ROOT))
+        for p in tracked_text_files()
+        if p.suffix == ".py" and p != Path(__file__) and opt_out.search(p.read_text())
+    ]
+    assert not found, f"formatter opt-outs in {found}"
+
+
+def test_nothing_outside_the_repository_is_cited():
+    outside = re.compile(r"\.\./shared|\bDESIGN\b|STACK-NOTES|CONVENTIONS\.md")
+    found = [
+        str(p.relative_to(ROOT))
+        for p in tracked_text_files()
+        if p != Path(__file__) and outside.search(p.read_text(errors="replace"))
+    ]
+    assert not found, f"references to files outside the repository in {found}"
+
+
+@pytest.mark.parametrize(
+    "job,forbidden",
+    [
+        ("serve", ("fastapi", "ray.serve", "torch", "transformers")),
+        ("train", ("ray.train", "deepspeed", "torch", "transformers")),
+        ("preprocess", ("ray.data", "torch", "transformers")),
+        ("infer", ("ray.data", "torch", "transformers")),
+    ],
+)
+def test_loading_a_spec_imports_no_framework(job, forbidden):
+    """A spec loads (class and a validated instance) without what the job itself needs."""
+    example = {
+        "serve": "model: {path: /m}",
+        "train": "name: r\nstorage_path: /r\nstage: finetune\ndata: [/d]\ninit_from: /m",
+        "preprocess": "inputs: [/a.json]\noutput: /o\nmodel: /m",
+        "infer": "model: {path: /m}\ninputs: [/i]\noutput: /o",
+    }[job]
+    code = (
+        "import sys, yaml\n"
+        "from pipelines.cli import spec_class\n"
+        f"spec_class({job!r}).model_validate(yaml.safe_load({example!r}))\n"
+        f"print(sorted(m for m in {forbidden!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", f"loading the {job} spec imported {done.stdout}"
