@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install test test-slow test-gpu demo lint format bench bench-token-budget clean
+.PHONY: install test test-lib test-slow test-gpu demo lint format bench bench-token-budget clean
 
 install: $(STAMP)
 
@@ -24,9 +24,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
+# The fast suite: the library tests, the pipeline tests on a real local Ray, S3 and Serve, and the
+# project checks (`slow` and `gpu` tests are left out).
 test: install
 	$(PY) -m pytest -q
 
+# The model library alone (stf_model, no Ray): under a minute.
+test-lib: install
+	$(PY) -m pytest -q tests/library
+
+# The fault and scale tests (killed jobs and workers, resume, autoscaling, a second Ray head).
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
@@ -36,7 +43,7 @@ test-gpu: install
 # The embedded default, end to end: synthetic corpus -> Ray Data preprocessing -> Ray Train +
 # DeepSpeed pretrain -> finetune (2 CPU workers, tiny model) -> accuracy on the held-out split.
 demo: install
-	$(PY) -m pipelines.cli synth --out demo_out/corpus --n 1000
+	$(PY) -m pipelines.cli synth --set output=demo_out/corpus --set n=1000
 	$(PY) -m pipelines.cli preprocess examples/preprocess-pretrain.yaml
 	$(PY) -m pipelines.cli preprocess examples/preprocess-finetune.yaml
 	$(PY) -m pipelines.cli train examples/train-pretrain.yaml
