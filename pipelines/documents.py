@@ -8,9 +8,10 @@ code is a clear error instead of a missing key deep inside a job.
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from typing_extensions import Self
 
 from pipelines.errors import InputError
@@ -34,19 +35,26 @@ class Document(BaseModel):
 
     @classmethod
     def parse(cls, data: Any, source: str) -> Self:
-        """Checks the schema version, then validates."""
+        """Checks the schema version, then validates; either failure is an
+        :class:`~pipelines.errors.InputError` naming the source."""
         found = data.get("schema_version") if isinstance(data, dict) else None
         if found != cls.schema_version_read():
             raise InputError(
-                f"{source}: {cls.KIND} schema version {found}, this code reads "
+                f"{source}: {cls.KIND} schema version {found!r}, this code reads "
                 f"{cls.schema_version_read()}; {cls.REMEDY}"
             )
-        return cls.model_validate(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise InputError(f"{source} is not a valid {cls.KIND} ({err}); {cls.REMEDY}") from err
 
     @classmethod
     def read(cls, url: str, storage: StorageOptions) -> Self | None:
         """The document at ``url``, or None when there is none."""
-        data = read_json(url, storage)
+        try:
+            data = read_json(url, storage)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{url} is not JSON ({err}); {cls.REMEDY}") from err
         return None if data is None else cls.parse(data, url)
 
     def write(self, url: str, storage: StorageOptions) -> None:

@@ -1,8 +1,9 @@
 """Job specs: pydantic models read from YAML, with ``--set dotted.key=value`` overrides.
 
-Every job (preprocess, train, serve, infer, eval) declares a :class:`JobSpec` subclass; the CLI
-calls :func:`load_spec` once, at the edge, and passes the typed object down. Overrides are merged
-into the YAML mapping before validation, so they are checked exactly like the file.
+Every job (preprocess, train, serve, infer, eval, synth, convert) declares a :class:`JobSpec`
+subclass; the CLI calls :func:`load_spec` once, at the edge, and passes the typed object down.
+Overrides are merged into the YAML mapping before validation, so they are checked exactly like the
+file. The field types and option blocks that several jobs share live here too.
 """
 
 from __future__ import annotations

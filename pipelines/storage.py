@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 
 from pipelines.errors import MissingInput
-from pipelines.spec import StorageOptions
+from pipelines.spec import StorageOptions, absolute
 
 
 def is_s3(url: str) -> bool:
@@ -37,7 +37,7 @@ def filesystem(url: str, storage: StorageOptions) -> fsspec.AbstractFileSystem:
 
 def fs_path(url: str) -> str:
     """The path fsspec expects: ``bucket/key`` for S3, an absolute path for local files."""
-    return url[len("s3://") :] if is_s3(url) else os.path.abspath(os.path.expanduser(url))
+    return url[len("s3://") :] if is_s3(url) else absolute(url)
 
 
 def to_url(url_like: str, path: str) -> str:

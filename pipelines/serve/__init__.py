@@ -9,7 +9,8 @@ directory. Its concerns, as Ray Serve LLM keeps them apart:
 - :mod:`~pipelines.serve.builders`: the application builders and ``stf serve``'s runner.
 
 ``app_builder`` is the entry RayService and Serve config files name
-(``pipelines.serve:app_builder``); it and ``run`` import Serve only when called.
+(``pipelines.serve:app_builder``); it, ``build_app`` and ``run`` come from the builders on first
+use, so importing this package (and its spec) does not import Serve.
 """
 
 from pipelines.serve.spec import ServeSpec
