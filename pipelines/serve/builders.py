@@ -4,7 +4,8 @@ KubeRay's RayService (``import_path: pipelines.serve:app_builder`` with the spec
 from __future__ import annotations
 
 import logging
-import time
+import signal
+import threading
 from typing import Any
 
 from ray import serve
@@ -33,21 +34,34 @@ def _deploy(spec: ServeSpec) -> None:
 
 def run(spec: ServeSpec, blocking: bool = True) -> str:
     """Starts (or updates) the application on the connected Ray and returns its base URL; with
-    ``blocking`` it serves until interrupted and then shuts Serve down."""
+    ``blocking`` it serves until Ctrl-C (SIGINT) and then shuts Serve down."""
     init_ray()
     url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
     if not blocking:
         _deploy(spec)
         return url
     log.info("serving %s as %r; Ctrl-C stops", spec.model.path, spec.served_model_id)
-    try:  # Ctrl-C at any point, even while the replicas start, shuts Serve down
+    stop = threading.Event()
+
+    def on_interrupt(_signum, _frame) -> None:
+        if stop.is_set():  # a second Ctrl-C: stop waiting for the deployment, shut down now
+            raise KeyboardInterrupt
+        log.info("stopping: Serve shuts down once the deployment has started (Ctrl-C again: now)")
+        stop.set()
+
+    # Ctrl-C only sets a flag: a KeyboardInterrupt raised inside Ray's own calls (while the
+    # replicas start) could leave the driver unable to shut Serve down.
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
         _deploy(spec)
-        log.info("serving at %s/v1", url)
-        while True:
-            time.sleep(3600)
+        if not stop.is_set():
+            log.info("serving at %s/v1", url)
+        while not stop.wait(1.0):
+            pass
     except KeyboardInterrupt:
-        log.info("stopping: shutting Serve down")
+        log.info("stopping now")
     finally:
+        signal.signal(signal.SIGINT, previous)
         serve.shutdown()
     return url
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 
@@ -45,7 +46,11 @@ def test_stf_serve_command_serves_until_interrupted(ray_local, tmp_path):
         reply = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60)
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"stf serve did not stop on Ctrl-C:\n{proc.communicate()[0][-3000:]}")
         assert code == 0, proc.stdout.read()[-3000:]
     finally:
         if proc.poll() is None:
