@@ -141,7 +141,7 @@ def test_submit_preprocess_then_train_and_list_them(ray_head, corpus):
     assert "submitted stf preprocess as stf-pre-1" in done.stdout
     assert "SUCCEEDED" in done.stdout
     manifest = json.loads((corpus / "shards" / "manifest.json").read_text())
-    assert manifest.status == "complete" and manifest.counts.written > 0
+    assert manifest["status"] == "complete" and manifest["counts"]["written"] > 0
 
     train = corpus / "train.yaml"
     train.write_text(
