@@ -37,6 +37,11 @@ class Job:
 
 
 SPECS: dict[str, Job] = {
+    "init": Job(
+        "pipelines.init:InitSpec",
+        "pipelines.init",
+        "assemble a LLaVA-STF model directory from a base LLM and a CLIP or SigLIP tower",
+    ),
     "preprocess": Job(
         "pipelines.preprocess.spec:PreprocessSpec",
         "pipelines.preprocess.job",

@@ -77,10 +77,11 @@ def load_model(
     dtype: torch.dtype | None = None,
 ) -> tuple[STFForConditionalGeneration, PreTrainedTokenizerBase]:
     """Model and tokenizer: ``tiny`` with random weights from ``seed`` (and ``overrides``), or a
-    directory's safetensors in ``dtype`` (default: as saved)."""
+    directory's safetensors; in ``dtype`` (default: as saved, fp32 for ``tiny``)."""
     if ref in PRESETS:
         _tiny_only(ref)
-        return build_tiny(seed=seed, **(overrides or {}))
+        model, tokenizer = build_tiny(seed=seed, **(overrides or {}))
+        return (model.to(dtype) if dtype is not None else model), tokenizer
     local = model_dir(ref, storage)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = STFForConditionalGeneration.from_pretrained(local, use_safetensors=True, **kwargs)

@@ -11,7 +11,7 @@ from stf_model.config import STFConfig
 from stf_model.fusion import MultiBlockTokenFusion, SpatialTokenFusion, spatial_token_fusion
 from stf_model.model_dir import load_model_dir, save_model_dir
 from stf_model.modeling import STFForConditionalGeneration, STFModel
-from stf_model.presets import PRESETS, build_tiny, preset_config
+from stf_model.presets import FUSION_PRESETS, PRESETS, build_tiny, preset_config
 from stf_model.processing import (
     build_image_processor,
     build_processor,
@@ -28,6 +28,7 @@ AutoModelForImageTextToText.register(STFConfig, STFForConditionalGeneration, exi
 
 __all__ = [
     "CHAT_TEMPLATE_NAMES",
+    "FUSION_PRESETS",
     "PRESETS",
     "MultiBlockTokenFusion",
     "STFConfig",

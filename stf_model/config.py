@@ -14,6 +14,9 @@ from transformers import LlavaConfig
 from stf_model.constants import CLIP_MEAN, CLIP_STD, PUBLISHED_MBTF_LAYERS
 from stf_model.errors import ModelInputError
 
+# Vision towers whose hidden states are only patch tokens (no CLS to drop).
+TOWERS_WITHOUT_CLS = ("siglip_vision_model",)
+
 
 class STFConfig(LlavaConfig):
     r"""LLaVA config with Multi-Block and Spatial Token Fusion.
@@ -48,6 +51,12 @@ class STFConfig(LlavaConfig):
         self.image_seq_length = self.num_image_tokens
 
     # ---- derived shapes -------------------------------------------------------------------
+    @property
+    def has_cls_token(self) -> bool:
+        """Whether the tower's hidden states start with a CLS token (CLIP) or are all patches
+        (SigLIP); decides what the projector drops and how many tokens an image takes."""
+        return self.vision_config.model_type not in TOWERS_WITHOUT_CLS
+
     @property
     def feature_layers(self) -> list[int]:
         """The vision hidden-state indices as a list (one element when MBTF is off)."""
@@ -86,10 +95,16 @@ class STFConfig(LlavaConfig):
                 f"vision image_size {vision.image_size} is not a multiple of patch_size "
                 f"{vision.patch_size}: the patch grid must be whole"
             )
-        if self.vision_feature_select_strategy != "default":
+        expected = "default" if self.has_cls_token else "full"
+        if self.vision_feature_select_strategy != expected:
+            why = (
+                "its CLS token is dropped; keeping it breaks the square grid"
+                if self.has_cls_token
+                else "it has no CLS token; 'default' would drop a patch"
+            )
             raise ModelInputError(
-                "vision_feature_select_strategy must be 'default' (CLS token dropped) for STF: "
-                f"got {self.vision_feature_select_strategy!r}, which keeps CLS and breaks the square grid"
+                f"vision_feature_select_strategy must be {expected!r} for a {vision.model_type} "
+                f"tower ({why}): got {self.vision_feature_select_strategy!r}"
             )
         if not isinstance(self.stf_window, int) or self.stf_window < 1:
             raise ModelInputError(f"stf_window must be a positive integer, got {self.stf_window!r}")

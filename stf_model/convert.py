@@ -25,8 +25,8 @@ from stf_model.config import STFConfig
 from stf_model.constants import IMAGE_TOKEN, PUBLISHED_MBTF_LAYERS
 from stf_model.errors import ModelInputError
 from stf_model.model_dir import save_model_dir
-from stf_model.modeling import STFForConditionalGeneration
 from stf_model.presets import clip_vit_l14_336
+from stf_model.weights import add_image_token, assign_weights, grow_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +155,10 @@ def convert_published_checkpoint(
     }
     ours.update({"model.vision_tower." + k: v for k, v in vision_state.items()})
     source_dtype = src_config.get("torch_dtype") or src_config.get("dtype") or "float32"
-    model = _load(config, ours, dtype or getattr(torch, str(source_dtype)), src)
-    vocab_needed = max(len(tokenizer), text_config.vocab_size)
-    if vocab_needed > text_config.vocab_size:
-        # <image> was added to the tokenizer: grow embeddings and head with mean rows (transformers).
-        model.resize_token_embeddings(vocab_needed, pad_to_multiple_of=64, mean_resizing=True)
+    dtype = dtype or getattr(torch, str(source_dtype))
+    model = assign_weights(config, ours, dtype, f"checkpoint {src}")
+    # <image> may have been added to the tokenizer: mean rows, padded to 64 as LLaVA's are.
+    grow_embeddings(model, len(tokenizer), pad_to_multiple_of=64)
     save_model_dir(model, tokenizer, dst)
     logger.info(
         "converted %s -> %s (%d vision tokens per image)", src, dst, config.num_image_tokens
@@ -174,31 +173,6 @@ def _llama_config(src_config: dict) -> LlamaConfig:
     fields.pop("architectures", None)
     fields.pop("model_type", None)
     return LlamaConfig(**fields)
-
-
-def _load(
-    config: STFConfig, ours: dict[str, torch.Tensor], dtype: torch.dtype, src: Path
-) -> STFForConditionalGeneration:
-    """The model with exactly the given tensors (built on the meta device, then assigned)."""
-    with torch.device("meta"):
-        model = STFForConditionalGeneration(config)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(ours)), sorted(set(ours) - expected)
-    # CLIP's position_ids is a buffer that some CLIP dumps omit; it is recomputed, not learned.
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ModelInputError(
-            f"checkpoint {src} does not match the model it describes: missing {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-        )
-    try:
-        model.load_state_dict({k: v.to(dtype) for k, v in ours.items()}, strict=False, assign=True)
-    except RuntimeError as err:  # size mismatches: the config (window, blocks, tower) is wrong
-        raise ModelInputError(
-            f"checkpoint {src} does not match the model it describes: {err}"
-        ) from err
-    _materialise_buffers(model, config)
-    return model
 
 
 def _vision_part(
@@ -255,28 +229,6 @@ def _tokenizer_with_image_token(src: Path, chat_template: str):
         raise ModelInputError(
             f"no usable tokenizer in {src}: copy the LLM's tokenizer files there"
         ) from err
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token  # as LLaVA does for LLaMA tokenizers
+    add_image_token(tokenizer)
     tokenizer.chat_template = get_chat_template(chat_template)
     return tokenizer
-
-
-def _materialise_buffers(model: STFForConditionalGeneration, config: STFConfig) -> None:
-    """Non-persistent buffers (rotary inv_freq, CLIP position ids) are still on the meta device
-    after ``assign=True`` loading: rebuild the modules that own them on CPU."""
-    for module_name, module in list(model.named_modules()):
-        for buf_name, buf in list(module.named_buffers(recurse=False)):
-            if buf.device.type != "meta":
-                continue
-            if buf_name == "position_ids":
-                module.register_buffer(
-                    buf_name, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False
-                )
-            elif buf_name in ("inv_freq", "original_inv_freq"):
-                rope_cls = type(module)
-                fresh = rope_cls(config=config.text_config)
-                module.register_buffer(buf_name, getattr(fresh, buf_name), persistent=False)
-            else:
-                raise RuntimeError(f"cannot materialise buffer {module_name}.{buf_name}")

@@ -4,6 +4,7 @@ the multimodal projector is :class:`~stf_model.projector.STFProjector`."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Literal
 
 import torch
@@ -18,6 +19,7 @@ from stf_model.projector import STFProjector
 logger = logging.getLogger(__name__)
 
 Stage = Literal["pretrain", "finetune"]
+Part = Literal["projector", "llm", "vision_tower"]
 
 
 class STFModel(LlavaModel):
@@ -103,30 +105,66 @@ class STFForConditionalGeneration(LlavaForConditionalGeneration):
         )
         return torch.stack(list(outputs.pooler_output))
 
-    # ---- training stages ------------------------------------------------------------------
+    # ---- what trains ----------------------------------------------------------------------
     def set_trainable_stage(self, stage: Stage) -> dict[str, int]:
         """Freezes and unfreezes parameters for a training stage, as in the paper.
 
         ``pretrain`` trains MBTF + projector; ``finetune`` trains LLM + MBTF + projector. The vision
         tower is frozen in both. Returns parameter counts ``{"trainable", "frozen"}``.
         """
-        if stage not in ("pretrain", "finetune"):
+        if stage not in STAGE_PARTS:
             raise ModelInputError(f"unknown training stage {stage!r}: use 'pretrain' or 'finetune'")
-        train_llm = stage == "finetune"
-        self.model.vision_tower.requires_grad_(False)
-        self.model.multi_modal_projector.requires_grad_(True)
-        self.model.language_model.requires_grad_(train_llm)
-        self.lm_head.requires_grad_(train_llm)
+        return self.set_trainable_parts(STAGE_PARTS[stage])
+
+    def set_trainable_parts(self, parts: Collection[Part]) -> dict[str, int]:
+        """Trains exactly ``parts`` of ``projector`` (MBTF + projector), ``llm`` (with its LM
+        head) and ``vision_tower``; the rest is frozen. A trained tower trains only what feeds
+        the projector: its embeddings and the blocks up to the deepest selected hidden state (the
+        blocks after it and the final norm never get a gradient). Returns parameter counts
+        ``{"trainable", "frozen"}``."""
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ModelInputError(f"unknown model parts {sorted(unknown)}: choose from {PARTS}")
+        self.model.multi_modal_projector.requires_grad_("projector" in parts)
+        self.model.language_model.requires_grad_("llm" in parts)
+        self.lm_head.requires_grad_("llm" in parts)
+        self.model.vision_tower.requires_grad_("vision_tower" in parts)
+        if "vision_tower" in parts:
+            for module in self.unused_tower_modules():
+                module.requires_grad_(False)
         counts = {"trainable": 0, "frozen": 0}
         for param in self.parameters():
             counts["trainable" if param.requires_grad else "frozen"] += param.numel()
         logger.info(
-            "stage %s: %d trainable, %d frozen parameters",
-            stage,
+            "training %s: %d trainable, %d frozen parameters",
+            ", ".join(sorted(parts)) or "nothing",
             counts["trainable"],
             counts["frozen"],
         )
         return counts
+
+    def image_only_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters only an image reaches (vision tower and projector): a text-only batch
+        leaves them without gradients."""
+        tower, projector = self.model.vision_tower, self.model.multi_modal_projector
+        return [*tower.parameters(), *projector.parameters()]
+
+    def unused_tower_modules(self) -> list[torch.nn.Module]:
+        """The tower's modules whose output never reaches the projector: the blocks after the
+        deepest selected hidden state and the final norm (CLIP and SigLIP towers alike)."""
+        tower = self.model.vision_tower
+        layers = tower.encoder.layers
+        states = len(layers) + 1  # hidden state 0 is the embeddings' output
+        deepest = max(i % states for i in self.config.feature_layers)
+        return [*layers[deepest:], tower.post_layernorm]
+
+
+# What each training stage trains (the paper's recipe: the tower stays frozen).
+PARTS: tuple[Part, ...] = ("projector", "llm", "vision_tower")
+STAGE_PARTS: dict[str, tuple[Part, ...]] = {
+    "pretrain": ("projector",),
+    "finetune": ("projector", "llm"),
+}
 
 
 __all__ = ["STFModel", "STFForConditionalGeneration"]

@@ -81,17 +81,24 @@ def _tiny(**overrides: Any) -> STFConfig:
     return _with_overrides(vision, text, fields, overrides)
 
 
+# The fusion settings of the published models (blocks as hidden-state indices of a 24-block
+# CLIP-L tower), also used to assemble STF from other LLMs and towers (`stf init`).
+FUSION_PRESETS: dict[str, dict[str, Any]] = {
+    "llava-stf-7b": {
+        "vision_feature_layer": list(PUBLISHED_MBTF_LAYERS),
+        "stf_window": PUBLISHED_STF_WINDOW,
+    },
+    "llava-1.5-7b": {"vision_feature_layer": -2, "stf_window": 1},
+}
+
+
 def _llava_stf_7b(**overrides: Any) -> STFConfig:
-    fields = dict(
-        vision_feature_layer=list(PUBLISHED_MBTF_LAYERS),
-        stf_window=PUBLISHED_STF_WINDOW,
-        image_token_index=32000,
-    )
+    fields = dict(**FUSION_PRESETS["llava-stf-7b"], image_token_index=32000)
     return _with_overrides(clip_vit_l14_336(), llama_7b(), fields, overrides)
 
 
 def _llava_15_7b(**overrides: Any) -> STFConfig:
-    fields = dict(vision_feature_layer=-2, stf_window=1, image_token_index=32000)
+    fields = dict(**FUSION_PRESETS["llava-1.5-7b"], image_token_index=32000)
     return _with_overrides(clip_vit_l14_336(), llama_7b(), fields, overrides)
 
 

@@ -123,15 +123,16 @@ def build_processor(
     """A ``LlavaProcessor`` that expands each ``<image>`` into ``config.num_image_tokens`` tokens.
 
     LlavaProcessor counts ``(H // patch) * (W // patch) + extra - CLS`` tokens per image; one fused
-    token covers a ``patch * window`` pixel square, so that is the patch size it is given, and the
-    CLS it adds (extra=1) is the CLS the ``default`` strategy drops.
+    token covers a ``patch * window`` pixel square, so that is the patch size it is given. A CLIP
+    tower's CLS is counted (extra=1) and dropped by the ``default`` strategy; a SigLIP tower has
+    none (extra=0, strategy ``full``).
     """
     processor = LlavaProcessor(
         image_processor=build_image_processor(config, aspect),
         tokenizer=tokenizer,
         patch_size=config.vision_config.patch_size * config.stf_window,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1 if config.has_cls_token else 0,
         image_token=IMAGE_TOKEN,
         chat_template=chat_template if chat_template is not None else tokenizer.chat_template,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ class ModelInputs:
 
     tokenizer: PreTrainedTokenizerBase
     config: STFConfig
+    template: str  # the chat template's Jinja source, with generation markers
     image_token_id: int
     image_tokens: int
     tokenizer_fingerprint: str
@@ -59,10 +61,26 @@ def load_model_inputs(spec: PreprocessSpec) -> ModelInputs:
     return ModelInputs(
         tokenizer=tokenizer,
         config=config,
+        template=_template(spec, tokenizer),
         image_token_id=image_token_id,
         image_tokens=spec.image_tokens or config.num_image_tokens,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
+
+
+def _template(spec: PreprocessSpec, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The named template, or with ``llm`` the model directory's own, which must mark what the
+    assistant says (label masks come from those marks)."""
+    if spec.template != "llm":
+        return get_chat_template(spec.template)
+    own = tokenizer.chat_template
+    if not isinstance(own, str) or not re.search(r"{%-?\s*generation\s*-?%}", own):
+        raise InputError(
+            f"model {spec.model!r}: its chat template has no generation markers, so label masks "
+            "cannot come from it; write the model with `stf init --set template=llm`, or use "
+            "template vicuna_v1 or plain"
+        )
+    return own
 
 
 def image_url(root: str, relative: str) -> str:
@@ -93,7 +111,7 @@ class RecordProcessor:
     def __init__(self, spec: PreprocessSpec):
         self.spec = spec
         self.model = load_model_inputs(spec)
-        self.template = get_chat_template(spec.template)
+        self.template = self.model.template
         self.image_processor = build_image_processor(self.model.config, spec.image_aspect)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

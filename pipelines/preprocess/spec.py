@@ -22,8 +22,10 @@ class PreprocessSpec(JobSpec):
     image_root: Location | None = Field(
         None, description="folder image paths are relative to (default: each record file's folder)"
     )
-    template: Literal["plain", "vicuna_v1"] = Field(
-        "vicuna_v1", description="chat template: plain (pretraining) or vicuna_v1 (finetuning)"
+    template: Literal["plain", "vicuna_v1", "llm"] = Field(
+        "vicuna_v1",
+        description="chat template: plain (pretraining), vicuna_v1 (finetuning), or llm (the "
+        "model directory's own, e.g. the LLM's ChatML written by `stf init --set template=llm`)",
     )
     model: ModelRef = Field(
         "tiny",

@@ -1,5 +1,5 @@
-"""Training arithmetic, no Ray: the pre-flight memory estimate, FLOPs per token, and the peak
-FLOP/s of known GPUs (for MFU)."""
+"""Training arithmetic, no Ray: what trains, the pre-flight memory estimate, FLOPs per token, and
+the peak FLOP/s of known GPUs (for MFU)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,19 @@ from pydantic import BaseModel, ConfigDict
 from pipelines.errors import InputError
 from pipelines.train.spec import TrainSpec
 from stf_model import STFConfig, STFForConditionalGeneration
+from stf_model.modeling import STAGE_PARTS
 
 log = logging.getLogger(__name__)
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; matched in device names.
 PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0))
+
+
+def trainable_parts(spec: TrainSpec) -> tuple[str, ...]:
+    """What trains: the spec's ``trainable`` as given, else the stage's parts (the paper's)."""
+    if spec.trainable is not None:
+        return tuple(dict.fromkeys(spec.trainable))
+    return STAGE_PARTS[spec.stage]
 
 
 class MemoryEstimate(BaseModel):
@@ -43,7 +51,7 @@ def memory_estimate(spec: TrainSpec, config: STFConfig) -> MemoryEstimate:
     moments. Parameters are counted on the meta device (no memory)."""
     with torch.device("meta"):
         model = STFForConditionalGeneration(config)
-    counts = model.set_trainable_stage(spec.stage)
+    counts = model.set_trainable_parts(trainable_parts(spec))
     trainable, frozen = counts["trainable"], counts["frozen"]
     n = spec.scaling.num_workers
     mixed = spec.deepspeed.precision != "fp32"

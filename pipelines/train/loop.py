@@ -25,10 +25,11 @@ from ray.train import Checkpoint
 
 from pipelines.models import load_model
 from pipelines.storage import join, upload_dir
+from pipelines.train.arithmetic import trainable_parts
 from pipelines.train.metrics import Meter
 from pipelines.train.plan import TrainPlan, TrainState
 from pipelines.train.spec import TrainSpec
-from stf_model import STFForConditionalGeneration, get_chat_template, save_model_dir
+from stf_model import STFForConditionalGeneration, save_model_dir
 from stf_model.collate import collate, length_grouped_batches, rows_of
 
 log = logging.getLogger(__name__)
@@ -82,14 +83,15 @@ def setup(plan: TrainPlan) -> Worker:
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     random.seed(spec.seed + rank)
     model, tokenizer = build_model(spec)
-    counts = model.set_trainable_stage(spec.stage)
-    if spec.deepspeed.gradient_checkpointing:
+    parts = trainable_parts(spec)
+    counts = model.set_trainable_parts(parts)
+    if spec.deepspeed.gradient_checkpointing:  # every part that supports it: LLM and tower
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if rank == 0:
         trainable, frozen = counts["trainable"], counts["frozen"]
-        log.info("stage %s: %d trainable / %d frozen parameters", spec.stage, trainable, frozen)
+        log.info("training %s: %d trainable / %d frozen", ", ".join(parts), trainable, frozen)
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
+        parameter_groups(model, spec),
         lr=spec.lr,
         betas=spec.optimizer.betas,
         eps=spec.optimizer.eps,
@@ -102,15 +104,35 @@ def setup(plan: TrainPlan) -> Worker:
         lr_scheduler=scheduler,
         config=deepspeed_config(plan),
     )
-    projector = model.model.multi_modal_projector
-    image_only = [p for p in projector.parameters() if p.requires_grad]
+    image_only = [p for p in model.image_only_parameters() if p.requires_grad]
     return Worker(rank, device, engine, scheduler, tokenizer, image_only)
+
+
+def parameter_groups(model: STFForConditionalGeneration, spec: TrainSpec) -> list[dict]:
+    """The trainable parameters (frozen ones never enter the optimizer), the vision tower's in
+    a group of its own with its own learning rate."""
+    tower = {id(p) for p in model.model.vision_tower.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in tower], "lr": spec.lr}]
+    tower_params = [p for p in trainable if id(p) in tower]
+    if tower_params:
+        groups.append({"params": tower_params, "lr": spec.vision_tower_lr})
+    return [g for g in groups if g["params"]]
 
 
 def build_model(spec: TrainSpec) -> tuple[STFForConditionalGeneration, Any]:
     """The model and tokenizer a run starts from: ``init_from``, else the model directory, else
-    the ``tiny`` preset with random weights from ``seed`` (and ``model_overrides``)."""
-    return load_model(spec.start_from, spec.storage, overrides=spec.model_overrides, seed=spec.seed)
+    the ``tiny`` preset with random weights from ``seed`` (and ``model_overrides``). Weights load
+    in the training precision (bf16 stays bf16: no fp32 copy per worker); DeepSpeed keeps the
+    fp32 master copy of the trainable part only."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.deepspeed.precision)
+    return load_model(
+        spec.start_from,
+        spec.storage,
+        overrides=spec.model_overrides,
+        seed=spec.seed,
+        dtype=dtype or torch.float32,
+    )
 
 
 def deepspeed_config(plan: TrainPlan) -> dict[str, Any]:
@@ -193,10 +215,11 @@ def step(
     the metrics row and, when due, a checkpoint."""
     engine = worker.engine
     loss = engine(**batch).loss
-    if "pixel_values" not in batch:
-        # A text-only batch leaves the projector without gradients, and ZeRO's gradient buckets
-        # would then differ between ranks. As LLaVA does, touch those weights with a
-        # zero-weighted term so every rank reduces the same tensors.
+    if "pixel_values" not in batch and worker.image_only_params:
+        # A text-only batch leaves the trainable parts that only images reach (projector, and
+        # the tower when it trains) without gradients, and ZeRO's gradient buckets would then
+        # differ between ranks. As LLaVA does, touch those weights with a zero-weighted term
+        # so every rank reduces the same tensors, whatever its batch holds.
         loss = loss + 0.0 * sum(p.sum() for p in worker.image_only_params)
     engine.backward(loss)
     boundary = engine.is_gradient_accumulation_boundary()
@@ -237,8 +260,7 @@ def _report_with_checkpoint(engine, state: TrainState, metrics: dict | None, ran
 
 def export(module: torch.nn.Module, tokenizer, plan: TrainPlan) -> None:
     """Writes the trained model as a model directory (safetensors, config, tokenizer with the
-    vicuna_v1 chat template, image processor) to ``RUN/model``."""
-    tokenizer.chat_template = get_chat_template("vicuna_v1")
+    chat template the run started with, image processor) to ``RUN/model``."""
     with tempfile.TemporaryDirectory() as folder:
         save_model_dir(module, tokenizer, folder)
         upload_dir(folder, join(plan.spec.run_dir, "model"), plan.spec.storage)

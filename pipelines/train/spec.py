@@ -46,6 +46,9 @@ class OptimizerOptions(JobSpec):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
+    vision_tower_lr: PositiveFloat | None = Field(
+        None, description="learning rate of the vision tower when it trains (default: lr / 10)"
+    )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up share of the steps")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="after warm-up")
 
@@ -74,6 +77,11 @@ class TrainSpec(JobSpec):
     )
     init_from: Location | None = Field(
         None, description="model directory to start from (a previous stage's NAME/model)"
+    )
+    trainable: list[Literal["projector", "llm", "vision_tower"]] | None = Field(
+        None,
+        description="parts that train (default per stage: pretrain = projector; finetune = "
+        "projector + llm); add vision_tower to unfreeze the tower (optimizer.vision_tower_lr)",
     )
     epochs: PositiveInt = Field(1, description="passes over the data")
     max_steps: PositiveInt | None = Field(None, description="stop after this many optimizer steps")
@@ -122,3 +130,7 @@ class TrainSpec(JobSpec):
     @property
     def lr(self) -> float:
         return self.optimizer.lr or STAGE_LR[self.stage]
+
+    @property
+    def vision_tower_lr(self) -> float:
+        return self.optimizer.vision_tower_lr or self.lr / 10

@@ -256,6 +256,42 @@ def test_export_reloads_and_generates_and_finetune_trains_the_llm(shards, pretra
     assert out.shape[1] > inputs["input_ids"].shape[1]
 
 
+def test_an_unfrozen_tower_trains_with_its_own_rate_under_zero2_and_checkpointing(
+    shards, pretrained, tmp_path
+):
+    """The finetune shards mix text-only and image micro-batches, so ranks differ in what their
+    batch reaches; with the tower trainable, ZeRO-2 must still reduce the same tensors."""
+    start = pretrained[1].model
+    spec = spec_for(
+        tmp_path,
+        "tower",
+        shards["finetune"],
+        stage="finetune",
+        init_from=start,
+        max_steps=8,
+        trainable=["projector", "llm", "vision_tower"],
+        optimizer={"lr": 1e-3, "vision_tower_lr": 1e-4},
+        deepspeed={
+            "zero_stage": 2,
+            "precision": "fp32",
+            "micro_batch_size": 4,
+            "gradient_checkpointing": True,
+        },
+    )
+    summary = run(spec)
+    assert summary.metrics["step"] == 8
+    before = STFForConditionalGeneration.from_pretrained(start).state_dict()
+    after = STFForConditionalGeneration.from_pretrained(summary.model).state_dict()
+    for key in before:
+        unused = key.startswith(
+            ("model.vision_tower.encoder.layers.5.", "model.vision_tower.post_")
+        )
+        if key.startswith("model.vision_tower.") and "weight" in key:
+            assert torch.equal(before[key], after[key]) == unused, key
+    rows = metrics(spec)
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+
+
 def test_preflight_refuses_a_run_that_cannot_fit(shards, tmp_path):
     spec = spec_for(tmp_path, "big", shards["pretrain"], preflight={"memory_gb": 0.0001})
     with pytest.raises(ValueError, match="pre-flight: ZeRO-2 fp32 on 2 workers"):

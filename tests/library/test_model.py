@@ -125,6 +125,37 @@ def test_pretrain_step_moves_only_the_projector(tiny, uint8_images):
         assert changed == name.startswith("model.multi_modal_projector."), name
 
 
+def test_a_trained_tower_trains_exactly_what_feeds_the_projector(tiny, uint8_images):
+    """Every trainable parameter gets a gradient from an image batch (ZeRO reduces the same
+    tensors on every rank); the tower's blocks past the deepest selected state stay frozen."""
+    model, _ = tiny  # tiny: 6 tower blocks, MBTF over hidden states [-2, 4, 3, 2] -> deepest 5
+    counts = model.set_trainable_parts({"projector", "llm", "vision_tower"})
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(
+            ("model.vision_tower.encoder.layers.5.", "model.vision_tower.post_layernorm.")
+        )
+    }
+    assert counts["frozen"] == sum(p.numel() for n, p in model.named_parameters() if n in frozen)
+    model.train()
+    ids = prompt_ids(36)
+    labels = ids.clone()
+    labels[:, : 1 + 36] = -100
+    model(input_ids=ids, pixel_values=uint8_images[:1], labels=labels).loss.backward()
+    without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not without, without
+    image_only = {id(p) for p in model.image_only_parameters()}
+    model.zero_grad(set_to_none=True)
+    model(input_ids=prompt_ids(0), labels=prompt_ids(0)).loss.backward()  # text only
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert (param.grad is None) == (id(param) in image_only), name
+    with pytest.raises(ValueError, match="unknown model parts"):
+        model.set_trainable_parts({"tower"})
+
+
 def test_save_load_round_trip(tiny, uint8_images, tmp_path):
     model, _ = tiny
     ids = prompt_ids(36)

@@ -1,0 +1,144 @@
+"""``stf init``: a LLaVA-STF model directory assembled from a base LLM and a vision tower, the
+start of stage 1 (the projector trains from scratch on top of the pretrained parts).
+
+The LLM directory (Vicuna, Llama 3, Qwen2, Mistral, ...) and the tower directory (a full CLIP or
+SigLIP release, or its vision half) may be local or on S3; the written directory is what every
+other job takes as ``model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from pipelines.errors import MissingInput
+from pipelines.spec import JobSpec, Location, StorageOptions
+from pipelines.storage import expand_inputs, join, local_copy, upload_dir
+
+log = logging.getLogger(__name__)
+
+# The small files of a Hugging Face model directory: configs, tokenizer, templates.
+SMALL_FILES = ("*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken")
+
+
+class InitSpec(JobSpec):
+    """Assembles a LLaVA-STF model directory from a base LLM and a vision tower."""
+
+    llm: Location = Field(
+        description="Hugging Face causal-LM directory (local or s3://): config, safetensors "
+        "(.bin through weights_only loading), tokenizer files"
+    )
+    vision_tower: Location = Field(
+        description="CLIP or SigLIP directory (local or s3://): a full CLIPModel / SiglipModel "
+        "release or its vision model, with preprocessor_config.json"
+    )
+    output: Location = Field(description="the model directory to write (local or s3://)")
+    preset: Literal["llava-stf-7b", "llava-1.5-7b"] = Field(
+        "llava-stf-7b",
+        description="fusion settings: llava-stf-7b = window 2 over the published blocks, "
+        "llava-1.5-7b = window 1, block -2",
+    )
+    stf_window: PositiveInt | None = Field(None, description="overrides the preset's window")
+    vision_feature_layer: int | list[int] | None = Field(
+        None, description="overrides the preset's blocks (hidden-state indices, deepest first)"
+    )
+    template: Literal["vicuna_v1", "plain", "llm"] = Field(
+        "vicuna_v1",
+        description="chat template: vicuna_v1, plain, or llm (the LLM's own format, ChatML or "
+        "Llama 3, with generation markers)",
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the written weights"
+    )
+    seed: int = Field(0, description="initialisation of MBTF and the projector")
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+
+
+class InitSummary(BaseModel):
+    """What ``stf init`` wrote."""
+
+    model_config = ConfigDict(frozen=True)
+
+    output: str
+    llm_type: str
+    tower_type: str
+    vision_tokens: int
+    blocks: list[int]
+    window: int
+    parameters: int
+
+
+def _local_dir(url: str, storage: StorageOptions, what: str) -> str:
+    """A local copy of a model directory: configs, tokenizer and weights (safetensors when the
+    directory has them, else .bin)."""
+    try:
+        expand_inputs([join(url, "*.safetensors")], storage)
+        weights: tuple[str, ...] = ("*.safetensors",)
+    except MissingInput:
+        weights = ("*.bin",)
+    try:
+        return local_copy(url, storage, (*SMALL_FILES, *weights))
+    except MissingInput as err:
+        raise MissingInput(f"{what} {url}: {err}") from err
+
+
+def run(spec: InitSpec) -> InitSummary:
+    """Loads the parts, assembles, writes the model directory and the resolved spec in it."""
+    import torch
+
+    from stf_model import FUSION_PRESETS, get_chat_template, save_model_dir
+    from stf_model.assemble import assemble, image_statistics, load_llm, load_tower
+    from stf_model.chat_templates import llm_chat_template
+
+    dtype = getattr(torch, spec.dtype)
+    llm, tokenizer = load_llm(_local_dir(spec.llm, spec.storage, "llm"), dtype)
+    tower, image_processor = load_tower(
+        _local_dir(spec.vision_tower, spec.storage, "vision_tower"), dtype
+    )
+    mean, std = image_statistics(image_processor, tower.config)
+    fusion = dict(FUSION_PRESETS[spec.preset])
+    if spec.stf_window is not None:
+        fusion["stf_window"] = spec.stf_window
+    if spec.vision_feature_layer is not None:
+        fusion["vision_feature_layer"] = spec.vision_feature_layer
+    template = (
+        llm_chat_template(tokenizer) if spec.template == "llm" else get_chat_template(spec.template)
+    )
+    model, tokenizer = assemble(
+        llm,
+        tower,
+        tokenizer,
+        **fusion,
+        image_mean=mean,
+        image_std=std,
+        chat_template=template,
+        seed=spec.seed,
+        dtype=dtype,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        save_model_dir(model, tokenizer, folder)
+        with open(f"{folder}/stf-init.yaml", "w") as f:
+            yaml.safe_dump(spec.resolved(), f)
+        upload_dir(folder, spec.output, spec.storage)
+    config = model.config
+    return InitSummary(
+        output=spec.output,
+        llm_type=config.text_config.model_type,
+        tower_type=config.vision_config.model_type,
+        vision_tokens=config.num_image_tokens,
+        blocks=config.feature_layers,
+        window=config.stf_window,
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def summary_line(spec: InitSpec, summary: InitSummary) -> str:
+    return (
+        f"init {summary.output}: {summary.llm_type} + {summary.tower_type}, blocks "
+        f"{summary.blocks}, window {summary.window}: {summary.vision_tokens} vision tokens per "
+        f"image, {summary.parameters / 1e6:.1f}M parameters"
+    )
