@@ -6,6 +6,11 @@ The reference code saves a LLaMA-style ``LlavaLlamaForCausalLM``: ``config.json`
 ``model.norm``, ``lm_head`` and possibly ``model.vision_tower.vision_tower.vision_model.*`` (CLIP).
 Window and block list are not in its config: they are inferred from the weight shapes (the
 published block list when MBTF has 8 blocks) or given by the caller.
+
+LLaVA's code base names the LLM in the config's ``model_type`` (``llava_llama``, ``llava_mistral``,
+``llava_qwen``) or, for checkpoints re-saved with a plain LLM type, as ``llama``, ``mistral``,
+``qwen2``; the LLM's config is built for that type. Those LLMs share the ``model.*`` / ``lm_head``
+layout; a tied LM head (Qwen2's small models) may be absent from the weights.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig
+from transformers import AutoTokenizer, CLIPVisionConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from stf_model.chat_templates import get_chat_template
 from stf_model.config import STFConfig
@@ -128,7 +134,7 @@ def convert_published_checkpoint(
     src_config = json.loads((src / "config.json").read_text())
     state = read_state_dict(src)
     vision_config, vision_state = _vision_part(src_config, state, vision_tower)
-    text_config = _llama_config(src_config)
+    text_config = _text_config(src_config)
     feature_layers, inferred_window = infer_fusion(
         state, vision_config.hidden_size, src_config.get("mm_vision_select_layer", -2), blocks
     )
@@ -154,6 +160,8 @@ def convert_published_checkpoint(
         and (new_key := map_published_key(key)) is not None
     }
     ours.update({"model.vision_tower." + k: v for k, v in vision_state.items()})
+    if text_config.tie_word_embeddings and "lm_head.weight" not in ours:
+        ours["lm_head.weight"] = ours["model.language_model.embed_tokens.weight"]  # tied
     source_dtype = src_config.get("torch_dtype") or src_config.get("dtype") or "float32"
     dtype = dtype or getattr(torch, str(source_dtype))
     model = assign_weights(config, ours, dtype, f"checkpoint {src}")
@@ -166,13 +174,31 @@ def convert_published_checkpoint(
     return model.config
 
 
-def _llama_config(src_config: dict) -> LlamaConfig:
-    """The LLM's config: the LLaMA fields of the published config, without LLaVA's ``mm_*``."""
-    llama_keys = LlamaConfig().to_dict().keys()
-    fields = {k: v for k, v in src_config.items() if k in llama_keys and not k.startswith("mm_")}
+# LLaVA's model types -> the LLM's (the LLaVA-NeXT / OneVision code base adds the LLM's name).
+LLAVA_LLM_TYPES = {
+    "llava": "llama",
+    "llava_llama": "llama",
+    "llava_mistral": "mistral",
+    "llava_qwen": "qwen2",
+}
+
+
+def _text_config(src_config: dict) -> PretrainedConfig:
+    """The LLM's config: the fields its type knows from the published config, without LLaVA's
+    ``mm_*`` keys."""
+    model_type = src_config.get("model_type", "llava_llama")
+    llm_type = LLAVA_LLM_TYPES.get(model_type, model_type)
+    if llm_type not in CONFIG_MAPPING:
+        raise ModelInputError(
+            f"the checkpoint's model_type {model_type!r} names no LLM transformers knows: expected "
+            f"one of {', '.join(LLAVA_LLM_TYPES)} or a causal LM's own type (llama, qwen2, ...)"
+        )
+    config_class = CONFIG_MAPPING[llm_type]
+    known = config_class().to_dict().keys()
+    fields = {k: v for k, v in src_config.items() if k in known and not k.startswith("mm_")}
     fields.pop("architectures", None)
     fields.pop("model_type", None)
-    return LlamaConfig(**fields)
+    return config_class(**fields)
 
 
 def _vision_part(

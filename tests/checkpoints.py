@@ -6,23 +6,45 @@ import json
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import CLIPVisionModel, LlamaForCausalLM
+from transformers import CLIPVisionModel, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from stf_model import build_tiny_tokenizer
 from stf_model.constants import PUBLISHED_MBTF_LAYERS
 from stf_model.presets import preset_config
 
+# The LLM shape both test LLMs share (Qwen2's from the tiny preset's LLaMA numbers).
+QWEN2_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
 
-def published_checkpoint(path, with_vision: bool, fmt: str, with_image_token: bool):
+
+def published_checkpoint(path, with_vision: bool, fmt: str, with_image_token: bool, llm="llama"):
     """Writes config.json, weights and tokenizer as the reference code's LlavaLlamaForCausalLM
-    would (8 published blocks on a 24-block CLIP, 2x2 window); returns the raw tensors."""
+    would (8 published blocks on a 24-block CLIP, 2x2 window); returns the raw tensors. With
+    ``llm="qwen2"``, as LLaVA-OneVision's LlavaQwenForCausalLM would, tied LM head left out."""
     cfg = preset_config(
         "tiny", vision_feature_layer=list(PUBLISHED_MBTF_LAYERS), **{"vision.num_hidden_layers": 24}
     )
     vision_cfg, text_cfg = cfg.vision_config, cfg.text_config
+    if llm == "qwen2":
+        fields = {k: getattr(text_cfg, k) for k in QWEN2_FIELDS}
+        text_cfg = Qwen2Config(**fields, tie_word_embeddings=True)
     C, D = vision_cfg.hidden_size, text_cfg.hidden_size
     torch.manual_seed(0)
-    llm = LlamaForCausalLM(text_cfg).state_dict()  # model.embed_tokens, model.layers.*, lm_head
+    model_class = Qwen2ForCausalLM if llm == "qwen2" else LlamaForCausalLM
+    llm_state = model_class(text_cfg).state_dict()  # model.embed_tokens, model.layers.*, lm_head
+    if llm == "qwen2":
+        llm_state.pop("lm_head.weight")  # tied: the published files do not repeat it
+    llm = llm_state
     clip = CLIPVisionModel(vision_cfg).state_dict()
     tensors = {k: v.clone() for k, v in llm.items()}
     tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(
@@ -44,9 +66,10 @@ def published_checkpoint(path, with_vision: bool, fmt: str, with_image_token: bo
     config = text_cfg.to_dict()
     # LLaVA names its tower by hub id or by a local CLIP directory; only a directory fits tiny.
     vision_cfg.save_pretrained(path.parent / "clip_config")
+    qwen = isinstance(text_cfg, Qwen2Config)
     config.update(
-        architectures=["LlavaLlamaForCausalLM"],
-        model_type="llava_llama",
+        architectures=["LlavaQwenForCausalLM" if qwen else "LlavaLlamaForCausalLM"],
+        model_type="llava_qwen" if qwen else "llava_llama",
         torch_dtype="float32",
         mm_vision_tower=str(path.parent / "clip_config")
         if with_vision

@@ -115,3 +115,33 @@ def test_convert_non_published_block_count_needs_and_takes_blocks(tmp_path):
         18,
         15,
     ]
+
+
+def test_convert_a_qwen2_based_checkpoint_with_a_tied_head(tmp_path, pixels):
+    """LLaVA-OneVision's code base names the LLM in model_type (llava_qwen) and leaves a tied LM
+    head out of the weights: the LLM half must come out as that Qwen2, logit for logit."""
+    from transformers import Qwen2ForCausalLM
+
+    src, dst = tmp_path / "published", tmp_path / "ours"
+    tensors, vision_tensors, vision_cfg = published_checkpoint(
+        src, True, "safetensors", True, "qwen2"
+    )
+    convert(src, dst)
+    model, _ = load_model_dir(dst)
+    assert model.config.text_config.model_type == "qwen2" and model.config.tie_word_embeddings
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    qwen = Qwen2ForCausalLM(model.config.text_config).eval()
+    qwen.load_state_dict(
+        {
+            k: v
+            for k, v in tensors.items()
+            if not k.startswith("model.mm_") and "vision" not in k and "inv_freq" not in k
+        },
+        strict=False,
+    )
+    qwen.tie_weights()
+    ids = torch.tensor([[1, 20, 30, 40, 50]])
+    torch.testing.assert_close(model(input_ids=ids).logits, qwen(input_ids=ids).logits)
+    norm = normalize_pixels(pixels, model.config.image_mean, model.config.image_std)
+    expected = published_image_features(tensors, vision_tensors, vision_cfg, norm)
+    torch.testing.assert_close(model.get_image_features(pixels), expected, rtol=1e-4, atol=1e-5)
