@@ -46,7 +46,9 @@ def plain_step_seconds(spec: TrainSpec, data: str, steps: int, skip: int, thread
     model, _ = build_model(spec)
     model.set_trainable_stage(spec.stage)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=spec.lr, fused=True
+    )
     config = model.config
     batches = length_grouped_batches(
         rows * 4, spec.deepspeed.micro_batch_size, 16, random.Random(0)

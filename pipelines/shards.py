@@ -86,6 +86,7 @@ class Counts(_Part):
     by_modality: dict[str, int]
     tokens: int
     supervised_tokens: int
+    longest: int | None = Field(None, description="the longest row, one placeholder per image")
 
 
 class ImageGeometry(_Part):

@@ -197,6 +197,7 @@ def build_manifest(
         by_modality=dict(tally.modality),
         tokens=tally.tokens,
         supervised_tokens=tally.supervised,
+        longest=tally.longest,
     )
     tokenizer = TokenizerInfo(
         source=spec.model,

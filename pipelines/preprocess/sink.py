@@ -43,6 +43,7 @@ class WriteTally:
     truncated: int = 0
     tokens: int = 0
     supervised: int = 0
+    longest: int = 0  # the longest written row, one placeholder per image
 
     def add(self, other: WriteTally) -> None:
         self.shards += other.shards
@@ -52,6 +53,7 @@ class WriteTally:
         self.truncated += other.truncated
         self.tokens += other.tokens
         self.supervised += other.supervised
+        self.longest = max(self.longest, other.longest)
 
 
 class ShardsDatasink(Datasink[WriteTally]):
@@ -89,6 +91,7 @@ class ShardsDatasink(Datasink[WriteTally]):
             truncated=int(pc.sum(ok.column("truncated")).as_py() or 0),
             tokens=int(pc.sum(ok.column("length")).as_py() or 0),
             supervised=int(pc.sum(ok.column("num_supervised")).as_py() or 0),
+            longest=int(pc.max(ok.column("length")).as_py() or 0),
         )
 
     def _write_parts(

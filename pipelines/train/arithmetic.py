@@ -15,6 +15,21 @@ from stf_model.modeling import STAGE_PARTS
 
 log = logging.getLogger(__name__)
 
+# Bytes per trainable parameter as (kept whole on every worker, partitioned over the workers),
+# by (mixed precision, ZeRO stage): the model's weights (2 or 4 B) and gradients (whole under
+# ZeRO-1), and per partition the fp32 master copy (4), its fp32 gradient (4), Adam's moments (8)
+# and ZeRO's flattened gradient copy (2 or 4). On one CPU worker ZeRO-2 measured 28 B in fp32,
+# as counted, and 24 B in mixed precision, 2 B over the count (more transient bf16 copies at the
+# step): that share is in the mixed rows' partitioned bytes.
+STATE_BYTES = {
+    (True, 1): (4, 18),
+    (True, 2): (2, 22),
+    (False, 1): (8, 20),
+    (False, 2): (4, 24),
+}
+# ZeRO's gradient reduction and all-gather buckets, in elements (DeepSpeed's defaults, set in
+# the DeepSpeed config so that the estimate and the run agree).
+BUCKET_ELEMENTS = 500_000_000
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; matched in device names.
 PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0))
 
@@ -36,48 +51,55 @@ class MemoryEstimate(BaseModel):
     model_states_gb: float
     frozen_weights_gb: float
     activations_gb: float
+    buffers_gb: float  # ZeRO's gradient reduction bucket
 
     @property
     def total_gb(self) -> float:
-        return self.model_states_gb + self.frozen_weights_gb + self.activations_gb
+        return self.model_states_gb + self.frozen_weights_gb + self.activations_gb + self.buffers_gb
 
 
-def memory_estimate(spec: TrainSpec, config: STFConfig) -> MemoryEstimate:
+def memory_estimate(
+    spec: TrainSpec, config: STFConfig, seq_len: int | None = None
+) -> MemoryEstimate:
     """Trainable model states by ZeRO stage, frozen weights and activations per worker.
 
-    Model states follow the ZeRO paper: in mixed precision 2 B weights + 2 B gradients + 12 B
-    Adam states (fp32 master weights and two moments) per trainable parameter; ZeRO-1 shards the
-    12 B over the workers, ZeRO-2 the gradients too. In fp32: 4 B weights + 4 B gradients + 8 B
-    moments. Parameters are counted on the meta device (no memory)."""
+    Model states as DeepSpeed's ZeRO-1/2 optimizer keeps them, in bytes per trainable parameter
+    (:data:`STATE_BYTES`): the model's own weights and gradients, and, partitioned over the N
+    workers, an fp32 master copy, its fp32 gradient, Adam's two moments and the flattened copy of
+    the gradients ZeRO makes at each step. Measured with DeepSpeed 0.19 on CPU (bench/
+    train_scale.py, docs/benchmarks.md): 24 B per parameter in mixed precision on one worker,
+    where the ZeRO paper's count is 16. Activations: the layer inputs that gradient
+    checkpointing keeps (Megatron: ~34 values per token per hidden unit per layer without it)
+    and the logits over the vocabulary, for micro-batches of ``seq_len`` tokens (default: the
+    LLM's context, capped at 2048). Parameters are counted on the meta device (no memory)."""
     with torch.device("meta"):
         model = STFForConditionalGeneration(config)
     counts = model.set_trainable_parts(trainable_parts(spec))
     trainable, frozen = counts["trainable"], counts["frozen"]
-    n = spec.scaling.num_workers
     mixed = spec.deepspeed.precision != "fp32"
-    zero1 = spec.deepspeed.zero_stage == 1
-    if mixed:
-        states = 4 * trainable + 12 * trainable / n if zero1 else 2 * trainable + 14 * trainable / n
-    else:
-        states = 8 * trainable + 8 * trainable / n if zero1 else 4 * trainable + 12 * trainable / n
+    whole, partitioned = STATE_BYTES[(mixed, spec.deepspeed.zero_stage)]
+    states = whole * trainable + partitioned * trainable / spec.scaling.num_workers
     text = config.text_config
-    seq = min(text.max_position_embeddings, 2048)
-    per_layer = seq * spec.deepspeed.micro_batch_size * text.hidden_size * (2 if mixed else 4)
-    # Megatron's estimate: ~34 values per token per hidden unit per layer without
-    # recomputation, ~1 (the layer input) with gradient checkpointing.
+    seq = seq_len or min(text.max_position_embeddings, 2048)  # the longest batch row
+    width = 2 if mixed else 4  # bytes of a weight or an activation value
+    tokens = seq * spec.deepspeed.micro_batch_size
     factor = 1 if spec.deepspeed.gradient_checkpointing else 17
+    layers = tokens * text.hidden_size * width * factor * text.num_hidden_layers
+    logits = 3 * tokens * text.vocab_size * 4  # fp32 logits, their softmax and its gradient
     return MemoryEstimate(
         trainable_params=trainable,
         frozen_params=frozen,
         model_states_gb=states / 1e9,
-        frozen_weights_gb=(2 if mixed else 4) * frozen / 1e9,
-        activations_gb=per_layer * factor * text.num_hidden_layers / 1e9,
+        frozen_weights_gb=width * frozen / 1e9,
+        activations_gb=(layers + logits) / 1e9,
+        buffers_gb=min(BUCKET_ELEMENTS, trainable) * width / 1e9,
     )
 
 
-def preflight(spec: TrainSpec, config: STFConfig) -> MemoryEstimate:
-    """Logs the estimate and refuses a run over the budget (unless ``preflight.enforce`` is off)."""
-    estimate = memory_estimate(spec, config)
+def preflight(spec: TrainSpec, config: STFConfig, seq_len: int | None = None) -> MemoryEstimate:
+    """Logs the estimate and refuses a run over the budget (unless ``preflight.enforce`` is off);
+    ``seq_len`` is the longest sequence a batch can hold (the plan's)."""
+    estimate = memory_estimate(spec, config, seq_len)
     budget = spec.preflight.memory_gb
     if budget is None and spec.scaling.use_gpu and torch.cuda.is_available():
         budget = torch.cuda.get_device_properties(0).total_memory / 1e9
@@ -86,8 +108,8 @@ def preflight(spec: TrainSpec, config: STFConfig) -> MemoryEstimate:
         f"{spec.scaling.num_workers} workers, {estimate.trainable_params / 1e6:.1f}M trainable "
         f"+ {estimate.frozen_params / 1e6:.1f}M frozen params: per worker about "
         f"{estimate.model_states_gb:.2f} GB model states + {estimate.frozen_weights_gb:.2f} "
-        f"GB frozen weights + {estimate.activations_gb:.2f} GB activations = "
-        f"{estimate.total_gb:.2f} GB"
+        f"GB frozen weights + {estimate.activations_gb:.2f} GB activations + "
+        f"{estimate.buffers_gb:.2f} GB buffers = {estimate.total_gb:.2f} GB"
     )
     log.info("%s (budget: %s)", line, f"{budget:.1f} GB" if budget else "none")
     if budget is not None and estimate.total_gb > budget:

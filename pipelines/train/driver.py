@@ -42,7 +42,7 @@ def run(spec: TrainSpec) -> TrainSummary:
     """Trains and exports; returns the run's summary."""
     config = load_config(spec.start_from, spec.storage, spec.model_overrides)
     plan = build_plan(spec, config)
-    preflight(spec, config)
+    preflight(spec, config, plan.longest)
     init_ray()
     write_text(join(spec.run_dir, "spec.yaml"), yaml.safe_dump(spec.resolved()), spec.storage)
     # Reading shards reserves no CPU: the workers hold theirs, and Ray Train leaves Ray Data no

@@ -35,8 +35,8 @@ class Meter:
     """Accumulates micro-batch numbers and turns them into one metrics row per ``log_every``
     optimizer steps; MFU comes from the plan's FLOPs per token and peak FLOP/s."""
 
-    def __init__(self, plan: TrainPlan, rank: int):
-        self.plan, self.rank = plan, rank
+    def __init__(self, plan: TrainPlan, rank: int, baseline_gb: float = 0.0):
+        self.plan, self.rank, self.baseline_gb = plan, rank, baseline_gb
         self._reset()
         self.bar = self.csv = self.writer = None
         if rank != 0:
@@ -100,7 +100,7 @@ class Meter:
             "samples_per_s": self.window_samples * world / elapsed,
             "tokens_per_s": tokens_per_s,
             "mfu": flops / self.plan.peak_flops if self.plan.peak_flops else float("nan"),
-            "memory_gb": memory_gb(),
+            "memory_gb": memory_gb(self.baseline_gb),
             "data_wait": self.window_data_s / elapsed,  # share of the time spent waiting for data
         }
 
@@ -125,13 +125,20 @@ class Meter:
             upload_dir(self.local_dir, spec.run_dir, spec.storage)
 
 
-def memory_gb() -> float:
-    """Peak GPU memory allocated, or this process' resident memory on CPU."""
+def memory_gb(baseline_gb: float = 0.0) -> float:
+    """Peak memory the training took: GPU memory allocated at most, or on CPU this process' peak
+    resident set above ``baseline_gb`` (its size before the model was built: the interpreter,
+    torch, Ray), so that both compare with the pre-flight estimate."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 1e9
-    import psutil
+    return peak_rss_gb() - baseline_gb
 
-    return psutil.Process().memory_info().rss / 1e9
+
+def peak_rss_gb() -> float:
+    """This process' peak resident set size so far."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
 
 
 def plot_loss(log_dir: str) -> None:

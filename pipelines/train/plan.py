@@ -33,6 +33,7 @@ class TrainPlan(BaseModel):
     pad_token_id: int
     image_size: int
     max_length: int
+    longest: int  # the longest row the data can give a batch, image tokens expanded
     flops_per_token: float
     peak_flops: float  # per worker; 0 when unknown (MFU is then not reported)
 
@@ -80,6 +81,7 @@ def build_plan(spec: TrainSpec, config: STFConfig) -> TrainPlan:
         )
     steps_per_epoch = micro_per_epoch // accum
     total = steps_per_epoch * spec.epochs
+    max_length = min(m.max_length for _, m in manifests)
     pad_token_id = manifests[0][1].tokenizer.pad_token_id
     if pad_token_id is None:
         raise InputError(f"{spec.data[0]}: the tokenizer has no pad token; batches need one")
@@ -95,7 +97,17 @@ def build_plan(spec: TrainSpec, config: STFConfig) -> TrainPlan:
         num_image_tokens=config.num_image_tokens,
         pad_token_id=pad_token_id,
         image_size=config.vision_config.image_size,
-        max_length=min(m.max_length for _, m in manifests),
+        max_length=max_length,
+        longest=_longest(manifests, config, max_length),
         flops_per_token=flops_per_token(spec, config),
         peak_flops=(spec.peak_tflops or detected_peak_tflops(spec) or 0) * 1e12,
     )
+
+
+def _longest(manifests, config: STFConfig, max_length: int) -> int:
+    """The longest sequence a batch can hold: the longest row with its image placeholder
+    expanded (at most ``max_length``; ``max_length`` itself when a manifest does not say)."""
+    rows = [m.counts.longest for _, m in manifests]
+    if any(r is None for r in rows):
+        return max_length
+    return min(max_length, max(rows) + config.num_image_tokens - 1)

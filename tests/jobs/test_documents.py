@@ -82,6 +82,7 @@ def plan_fields(spec: TrainSpec) -> dict:
         pad_token_id=3,
         image_size=48,
         max_length=2048,
+        longest=120,
         flops_per_token=1e6,
         peak_flops=0.0,
     )

@@ -84,6 +84,7 @@ def test_shards_match_a_direct_single_record_computation(corpus, tmp_path, name,
     _, rows = read_rows(out)
     by_id = {row["id"]: row for row in rows}
     assert len(by_id) == len(rows) == len(records)  # every record exactly once
+    assert counts.longest == max(row["length"] for row in rows)
     for record in records:
         row = by_id[record["id"]]
         sample, pixels = expected_row(record, corpus, template, aspect)
