@@ -159,6 +159,10 @@ def _record_cases() -> list[Case]:
         (_asking("long-first", "good.jpg", ASK, LONG_ANSWER), "quarantine", "too_long"),
         ({"id": "empty-answer", "conversations": _conv("Hi?", "  ")}, "quarantine", "empty_turn"),
         (["not", "an", "object"], "quarantine", "not_an_object"),
+        # NaN and Infinity are not JSON (RFC 8259), though Python's json module reads them.
+        ('{"id": "nan", "score": NaN, "conversations": []}', "quarantine", "malformed_json"),
+        ('{"id": "inf", "conversations": [], "w": -Infinity}', "quarantine", "malformed_json"),
+        ("[" * 100_000 + "]" * 100_000, "quarantine", "malformed_json"),  # too deep to parse
     ]
 
 

@@ -8,7 +8,6 @@ the label mask. The files' count rows pass through untouched.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
@@ -18,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
+from pipelines import strict_json
 from pipelines.errors import InputError
 from pipelines.images import checked_image
 from pipelines.models import load_config, load_tokenizer
@@ -145,10 +145,9 @@ class RecordProcessor:
         if row["error"] is not None:
             return Parsed(error=RejectedRecord("broken_json_list", row["error"]))
         try:
-            record = json.loads(row["raw"])
-        except json.JSONDecodeError as err:
-            detail = f"{err.msg} at column {err.colno}"
-            return Parsed(error=RejectedRecord("malformed_json", detail))
+            record = strict_json.loads(row["raw"])
+        except strict_json.NotJSON as err:
+            return Parsed(error=RejectedRecord("malformed_json", str(err)))
         raw_id = record.get("id") if isinstance(record, dict) else None
         record_id = str(raw_id) if raw_id is not None else None
         try:

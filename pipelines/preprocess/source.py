@@ -73,16 +73,21 @@ def _blocks(url: str, storage: StorageOptions, rows_per_block: int) -> Iterator[
     yield pa.Table.from_pylist(batch, schema=RAW_SCHEMA)
 
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
 def iter_raw_records(url: str, storage: StorageOptions) -> Iterator[dict]:
-    """Rows ``{source, index, line, raw, error}`` for each record of a JSON-list or JSONL file."""
+    """Rows ``{source, index, line, raw, error}`` for each record of a JSON-list or JSONL file.
+
+    A ``.jsonl``/``.ndjson`` file is JSONL whatever its first line holds (a line that is a JSON
+    array is one bad record, not a list file); any other file is a JSON list when its first
+    non-blank character is ``[``. A UTF-8 byte-order mark is skipped (``utf-8-sig``)."""
     fs = filesystem(url, storage)
     with fs.open(fs_path(url), "rb") as binary:
-        text = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
         head = text.read(_CHUNK)
-        if head.lstrip().startswith("["):
-            yield from _json_list(url, text, head)
-        else:
-            yield from _jsonl(url, text, head)
+        jsonl = url.lower().endswith(JSONL_SUFFIXES) or not head.lstrip().startswith("[")
+        yield from _jsonl(url, text, head) if jsonl else _json_list(url, text, head)
 
 
 def _jsonl(url: str, text: io.TextIOBase, head: str) -> Iterator[dict]:
@@ -126,9 +131,11 @@ def _json_list(url: str, text: io.TextIOBase, buf: str) -> Iterator[dict]:
                 break
             buf, pos = buf[pos:] + text.read(_CHUNK), 0
             eof = pos == len(buf)
-        if pos >= len(buf) or buf[pos] == "]":
-            if pos >= len(buf):
-                yield _unreadable(url, index, line, "the list is not closed with ']'")
+        if pos >= len(buf):
+            yield _unreadable(url, index, line, "the list is not closed with ']'")
+            return
+        if buf[pos] == "]":
+            yield from _after_list(url, text, buf[pos + 1 :], index, line)
             return
         try:
             _, end = decoder.raw_decode(buf, pos)
@@ -148,6 +155,20 @@ def _json_list(url: str, text: io.TextIOBase, buf: str) -> Iterator[dict]:
         index, pos, expect_element = index + 1, end, False
         if pos > _CHUNK:
             buf, pos = buf[pos:], 0
+
+
+def _after_list(url: str, text: io.TextIOBase, rest: str, index: int, line: int):
+    """Text after the list's closing ``]`` must be blank: anything else (more records, say a
+    JSONL file whose first line is an array) is one error row, so it is never silently dropped."""
+    while True:
+        stripped = rest.lstrip()
+        if stripped:
+            line += rest[: len(rest) - len(stripped)].count("\n")
+            yield _unreadable(url, index, line, "text follows the list's closing ']'")
+            return
+        rest = text.read(_CHUNK)
+        if not rest:
+            return
 
 
 def _unreadable(url: str, index: int, line: int, why: str) -> dict:

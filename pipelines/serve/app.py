@@ -42,9 +42,19 @@ async def _api_error(_request: Request, err: APIError) -> JSONResponse:
 
 
 @api.exception_handler(Exception)
-async def _server_error(_request: Request, err: Exception) -> JSONResponse:
-    log.exception("request failed")
-    return _error_response(APIError(500, f"{type(err).__name__}: {err}", type_="server_error"))
+async def _server_error(request: Request, err: Exception) -> JSONResponse:
+    """A bug, not a bad request: the traceback goes to the server's log under an id, the client
+    gets that id and nothing of the exception (its text can hold paths, prompts or secrets)."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error(
+        "request %s %s failed (error id %s)",
+        request.method,
+        request.url.path,
+        error_id,
+        exc_info=err,
+    )
+    message = f"internal server error (error id {error_id}; the server log has the details)"
+    return _error_response(APIError(500, message, type_="server_error"))
 
 
 @api.exception_handler(404)

@@ -10,12 +10,12 @@ drive it directly.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import AsyncIterable
 from typing import Protocol
 
 from pydantic import ValidationError
 
+from pipelines import strict_json
 from pipelines.serve.images import load_image
 from pipelines.serve.protocol import APIError, ChatCompletionRequest, validation_error
 from pipelines.serve.spec import ServeSpec
@@ -76,8 +76,8 @@ class Intake:
                     413, f"request body is over the {limit}-byte limit", code="request_too_large"
                 )
         try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            data = strict_json.loads(raw)
+        except strict_json.NotJSON as err:
             raise APIError(400, f"request body is not valid JSON: {err}") from err
         try:
             body = ChatCompletionRequest.model_validate(data)

@@ -57,3 +57,43 @@ def test_a_broken_json_list_ends_with_one_error_row(tmp_path, chunk, text, why):
     assert json.loads(rows[0]["raw"]) == {"id": 1}
     assert rows[-1]["raw"] is None and why in rows[-1]["error"]
     assert len(rows) == 2
+
+
+@pytest.mark.parametrize("name", ["list.json", "list.txt"])
+def test_a_byte_order_mark_is_skipped_in_a_json_list(tmp_path, chunk, name):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"id": 1}, {"id": 2}]).encode())
+    assert [json.loads(r["raw"]) for r in records(path)] == [{"id": 1}, {"id": 2}]
+
+
+def test_a_byte_order_mark_is_skipped_in_jsonl(tmp_path, chunk):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"id": 1}\n{"id": 2}\n')
+    assert [json.loads(r["raw"]) for r in records(path)] == [{"id": 1}, {"id": 2}]
+
+
+def test_a_jsonl_file_is_read_by_line_even_when_its_first_line_is_an_array(tmp_path, chunk):
+    path = tmp_path / "a.jsonl"
+    path.write_text('[{"id": 0}]\n{"id": 1}\n{"id": 2}\n')
+    rows = records(path)
+    assert [(r["index"], r["line"], r["raw"]) for r in rows] == [
+        (0, 1, '[{"id": 0}]'),
+        (1, 2, '{"id": 1}'),
+        (2, 3, '{"id": 2}'),
+    ]
+
+
+@pytest.mark.parametrize("name", ["records.json", "records.txt"])
+def test_text_after_a_json_list_is_an_error_row_not_lost(tmp_path, chunk, name):
+    path = tmp_path / name
+    path.write_text('[{"id": 0}]\n\n{"id": 1}\n{"id": 2}\n')
+    rows = records(path)
+    assert json.loads(rows[0]["raw"]) == [{"id": 0}][0] and len(rows) == 2
+    assert rows[1]["raw"] is None and "follows the list" in rows[1]["error"]
+    assert rows[1]["line"] == 3
+
+
+def test_blank_text_after_a_json_list_is_fine(tmp_path, chunk):
+    path = tmp_path / "list.json"
+    path.write_text('[{"id": 0}]\n\n  \n')
+    assert [json.loads(r["raw"]) for r in records(path)] == [{"id": 0}]

@@ -93,6 +93,12 @@ def test_bodies_are_limited_parsed_and_validated(intake):
     assert refusal(lambda: read(intake, {**ok, "pad": "x" * 300_000})).status == 413
     assert refusal(lambda: read(intake, b"{not json")).status == 400
     assert refusal(lambda: read(intake, b"\xff\xfe")).status == 400
+    deep = b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    assert "too deeply" in refusal(lambda: read(intake, deep)).message
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):  # Python reads them; JSON has none
+        body = b'{"messages": [{"role": "user", "content": "hi"}], "temperature": ' + constant
+        err = refusal(lambda b=body: read(intake, b + b"}"))
+        assert err.status == 400 and "RFC 8259" in err.message
     schema = refusal(lambda: read(intake, {"messages": []}))
     assert schema.status == 400 and schema.param == "messages"
     assert refusal(lambda: read(intake, {**ok, "n": 2})).param == "n"
@@ -163,3 +169,22 @@ def test_host_allow_list():
     assert host_allowed("a.cdn.example", allowed) and host_allowed("cdn.example", allowed)
     assert not host_allowed("evil.com", allowed) and not host_allowed("xcdn.example", allowed)
     assert not host_allowed("images.example.com.evil.com", allowed)
+
+
+def test_an_unexpected_failure_is_a_generic_500_logged_with_its_traceback(caplog):
+    from starlette.requests import Request
+
+    from pipelines.serve.app import api
+
+    handler = api.exception_handlers[Exception]
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+    try:
+        raise RuntimeError("secret /srv/models/key.txt")
+    except RuntimeError as err:
+        response = asyncio.run(handler(Request(scope), err))
+    body = json.loads(response.body)
+    assert response.status_code == 500 and body["error"]["type"] == "server_error"
+    assert "secret" not in response.body.decode() and "RuntimeError" not in response.body.decode()
+    error_id = body["error"]["message"].split("error id ")[1].split(";")[0]
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and "secret /srv/models/key.txt" in str(logged[0].exc_info[1])
