@@ -70,13 +70,40 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# Longer side over shorter side beyond which an image is refused: resizing the short side to the
+# tower's size (crop) costs size^2 * ratio pixels, and LLaVA's pad makes a longer-side square.
+MAX_ASPECT_RATIO = 32
+
+
+def check_image_size(width: int, height: int, max_pixels: int) -> None:
+    """Bounds the work one image can cause, from its header size, before anything is decoded.
+
+    ``max_pixels`` limits the image as the model's preprocessing sees it: padded to a square
+    (LLaVA's pad-to-square allocates longer-side^2 pixels, so a 1 x 4,000,000 strip, only 4M
+    pixels, would ask for 16 * 10^12); and the aspect ratio is at most :data:`MAX_ASPECT_RATIO`.
+    Raises :class:`RecordError` (``image_too_large``, ``image_aspect``).
+    """
+    side = max(width, height)
+    if side * side > max_pixels:
+        raise RecordError(
+            "image_too_large",
+            f"{width}x{height}: padded to a square it is {side * side} pixels > limit {max_pixels}",
+        )
+    if side > MAX_ASPECT_RATIO * min(width, height):
+        raise RecordError(
+            "image_aspect",
+            f"{width}x{height}: aspect ratio {side / max(min(width, height), 1):.0f}:1 is over "
+            f"{MAX_ASPECT_RATIO}:1",
+        )
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Encoded image bytes -> an upright 8-bit RGB image, decoded once.
 
-    Checks width*height against ``max_pixels`` from the header, before any pixel is decoded (the
-    decompression-bomb guard), applies the EXIF orientation, and converts any mode to RGB.
+    Checks the size from the header with :func:`check_image_size`, before any pixel is decoded
+    (the decompression-bomb guard), applies the EXIF orientation, and converts any mode to RGB.
     Raises :class:`RecordError` (``image_empty``, ``image_undecodable``, ``image_too_large``,
-    ``image_truncated``).
+    ``image_aspect``, ``image_truncated``).
     """
     if not data:
         raise RecordError("image_empty", "zero bytes")
@@ -89,11 +116,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise RecordError("image_too_large", str(err)) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise RecordError("image_undecodable", f"{type(err).__name__}: {err}") from err
-    width, height = image.size
-    if width * height > max_pixels:
-        raise RecordError(
-            "image_too_large", f"{width}x{height} = {width * height} pixels > limit {max_pixels}"
-        )
+    check_image_size(*image.size, max_pixels)
     try:
         image.load()
         image = ImageOps.exif_transpose(image)

@@ -93,6 +93,8 @@ def _write_images(root: Path) -> None:
     (images / "truncated.jpg").write_bytes(truncated_jpeg())
     (images / "text.jpg").write_bytes(b"this is not an image at all\n" * 10)
     (images / "bomb.png").write_bytes(png_header_only(40000, 40000))
+    (images / "strip.png").write_bytes(png_header_only(1, 4_000_000))  # padding: 16 * 10^12 px
+    Image.new("RGB", (330, 10), (200, 30, 30)).save(images / "banner.png")  # 33:1
     (images / "cmyk.jpg").write_bytes(jpeg(color=(0, 255, 255, 0), mode="CMYK"))
     (images / "rgba.png").write_bytes(png_of(Image.new("RGBA", (40, 30), (0, 200, 0, 128))))
     (images / "p.png").write_bytes(png_of(Image.new("RGB", (40, 30), (0, 0, 200)).convert("P")))
@@ -115,6 +117,8 @@ def _image_cases() -> list[Case]:
         (_asking("truncated", "truncated.jpg"), "quarantine", "image_truncated"),
         (_asking("not-image", "text.jpg"), "quarantine", "image_undecodable"),
         (_asking("bomb", "bomb.png"), "quarantine", "image_too_large"),
+        (_asking("strip", "strip.png"), "quarantine", "image_too_large"),
+        (_asking("banner", "banner.png"), "quarantine", "image_aspect"),
         (_asking("cmyk", "cmyk.jpg"), "ok", "cmyk"),
         (_asking("rgba", "rgba.png"), "ok", "rgba"),
         (_asking("p", "p.png"), "ok", "p"),

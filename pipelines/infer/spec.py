@@ -41,7 +41,9 @@ class InferSpec(JobSpec):
     rows_per_file: PositiveInt = Field(
         256, description="rows per output Parquet file (also the resume granularity)"
     )
-    max_image_pixels: PositiveInt = Field(40_000_000, description="decompression-bomb guard")
+    max_image_pixels: PositiveInt = Field(
+        40_000_000, description="pixel limit per image, padded to a square (bomb guard)"
+    )
     limit: PositiveInt | None = Field(None, description="only the first N rows (a quick look)")
     answers_jsonl: bool = Field(
         False, description="also write answers.jsonl in LLaVA's format (question_id, prompt, text)"

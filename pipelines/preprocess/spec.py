@@ -44,7 +44,8 @@ class PreprocessSpec(JobSpec):
         "model's count; set 576 to keep shards valid for window-1 models too)",
     )
     max_image_pixels: PositiveInt = Field(
-        89_478_485, description="width*height limit per image (decompression-bomb guard)"
+        89_478_485,
+        description="pixel limit per image, padded to a square (decompression-bomb guard)",
     )
     add_missing_image_token: bool = Field(
         False, description="put <image> first in image records that lack it instead of rejecting"

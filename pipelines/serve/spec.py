@@ -71,7 +71,9 @@ class RequestLimits(JobSpec):
 
     max_body_bytes: PositiveInt = Field(20 * MiB, description="request body size")
     max_image_bytes: PositiveInt = Field(10 * MiB, description="one encoded image")
-    max_image_pixels: PositiveInt = Field(40_000_000, description="one image's width*height")
+    max_image_pixels: PositiveInt = Field(
+        40_000_000, description="one image's pixels, padded to a square"
+    )
     max_images: PositiveInt = Field(4, description="images per request")
     max_tokens: PositiveInt = Field(1024, description="largest max_tokens a request may ask for")
     default_max_tokens: PositiveInt = Field(256, description="max_tokens when a request has none")

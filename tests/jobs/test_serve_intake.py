@@ -141,6 +141,13 @@ def test_a_good_request_becomes_a_prompt_with_its_image(intake, generator):
         ("too many bytes", {"messages": ask(data_url(b"x" * 60_000))}, 413, "image_too_large"),
         ("too many pixels", {"messages": ask(data_url(png((200, 100))))}, 413, "image_too_large"),
         (
+            "a 1 x 40,000 strip",
+            {"messages": ask(data_url(png((1, 40_000))))},
+            413,
+            "image_too_large",
+        ),
+        ("a 33:1 strip", {"messages": ask(data_url(png((99, 3))))}, 400, "image_aspect"),
+        (
             "a host not allowed",
             {"messages": ask("http://169.254.169.254/x.png")},
             400,

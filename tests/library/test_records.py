@@ -168,11 +168,30 @@ def test_undecodable_images(data, reason):
     assert err.value.reason == reason
 
 
-def test_pixel_limit_is_checked_before_decoding():
+def test_pixel_limit_is_checked_before_decoding_on_the_padded_square():
     with pytest.raises(RecordError) as err:
-        decode_image(jpeg(size=(200, 100)), max_pixels=200 * 100 - 1)
-    assert err.value.reason == "image_too_large" and "20000 pixels" in err.value.detail
-    assert decode_image(jpeg(size=(200, 100)), max_pixels=200 * 100).size == (200, 100)
+        decode_image(jpeg(size=(200, 100)), max_pixels=200 * 200 - 1)
+    assert err.value.reason == "image_too_large" and "40000 pixels" in err.value.detail
+    assert decode_image(jpeg(size=(200, 100)), max_pixels=200 * 200).size == (200, 100)
+
+
+@pytest.mark.parametrize(
+    "size,reason",
+    [
+        ((1, 4_000_000), "image_too_large"),  # 4M pixels, but 16 * 10^12 once padded
+        ((40_000, 1), "image_too_large"),
+        ((330, 10), "image_aspect"),  # 33:1; padded, well within the pixel limit
+        ((10, 330), "image_aspect"),
+    ],
+)
+def test_strips_are_refused_from_the_header_before_any_allocation(size, reason):
+    with pytest.raises(RecordError) as err:
+        decode_image(png_header_only(*size), max_pixels=89_478_485)
+    assert err.value.reason == reason, err.value.detail
+
+
+def test_an_aspect_ratio_at_the_bound_is_accepted():
+    assert decode_image(jpeg(size=(320, 10)), max_pixels=10**6).size == (320, 10)
 
 
 def test_exif_orientation_is_applied():
