@@ -24,6 +24,9 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from stf_model.errors import ModelInputError
+from stf_model.user_text import Rendered, literal_token_ids, render_marking_user_text
+
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -215,17 +218,85 @@ class ChatGenerator:
     def device(self) -> torch.device:
         return self.model.device
 
-    def render(self, messages: list[dict]) -> str:
+    def render(self, messages: list[dict]) -> Rendered:
         """Chat messages (``role`` and ``content`` as a string or a list of ``text`` /
-        ``image`` / ``image_url`` parts) -> the prompt text, ending with the assistant cue."""
-        return self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
+        ``image`` / ``image_url`` parts) -> the prompt text, ending with the assistant cue, with
+        the spans of the messages' own text (see :class:`Rendered`)."""
+        return render_marking_user_text(self.processor, messages)
 
     def count_prompt_tokens(self, prompt: ChatPrompt) -> int:
-        """Tokens the prompt occupies in the model, image tokens included."""
-        text_tokens = len(self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"])
-        return text_tokens + len(prompt.images) * (self.model.config.num_image_tokens - 1)
+        """Tokens the prompt occupies in the model, image tokens included.
+        Raises ModelInputError when its image placeholders do not match its images."""
+        return len(self.prompt_ids(prompt))
+
+    def prompt_ids(self, prompt: ChatPrompt) -> list[int]:
+        """The prompt's token ids, each image expanded into the model's vision-token count.
+
+        Tokenised as the processor does, except that a special token (``<image>``, ``</s>``,
+        template markers) inside the client's own text is re-tokenised as the text it is.
+        Raises ModelInputError when the placeholders left do not match the prompt's images.
+        """
+        image_id = self.model.config.image_token_id
+        spans = getattr(prompt.text, "user_spans", ())
+        ids = literal_token_ids(self.tokenizer, str(prompt.text), spans).ids
+        placeholders = ids.count(image_id)
+        if placeholders != len(prompt.images):
+            raise ModelInputError(
+                f"the prompt has {placeholders} image placeholders for {len(prompt.images)} images"
+            )
+        expanded: list[int] = []
+        for token in ids:
+            expanded += (
+                [token] * self.model.config.num_image_tokens if token == image_id else [token]
+            )
+        return expanded
+
+    def _inputs(self, prompts: Sequence[ChatPrompt]) -> dict[str, torch.Tensor]:
+        """Left-padded ``input_ids`` / ``attention_mask`` (B, L) and ``pixel_values`` (N, 3, S, S)."""
+        rows = [self.prompt_ids(p) for p in prompts]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, width - len(row) :] = 1
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        images = [image for prompt in prompts for image in prompt.images]
+        if images:
+            pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            inputs["pixel_values"] = pixels.to(self.model.dtype)
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def generate_each(
+        self, prompts: Sequence[ChatPrompt], on_delta: OnDelta | None = None
+    ) -> list[Completion | Exception]:
+        """As :meth:`generate`, but a failure fails only its own row.
+
+        When the batch fails before any row has produced text, each row runs alone and a row
+        that still fails gets its exception in place of its completion. A failure after text has
+        streamed cannot be pinned to a row (the rows share every step), so it fails the rows
+        that had not finished.
+        """
+        started = [False] * len(prompts)
+
+        def tracked(row: int, text: str, reason: FinishReason | None, tokens: int) -> None:
+            started[row] = True
+            if on_delta is not None:
+                on_delta(row, text, reason, tokens)
+
+        try:
+            return list(self.generate(prompts, tracked))
+        except Exception as err:
+            if len(prompts) == 1 or any(started):
+                return [err] * len(prompts)
+        results: list[Completion | Exception] = []
+        for row, prompt in enumerate(prompts):
+            try:
+                alone = self.generate([prompt], lambda _, *news, row=row: tracked(row, *news))
+                results.append(alone[0])
+            except Exception as err:
+                results.append(err)
+        return results
 
     @torch.inference_mode()
     def generate(
@@ -236,16 +307,7 @@ class ChatGenerator:
         Each row stops on its own: EOS, a stop string, its ``max_new_tokens`` or its ``cancelled``
         event. ``on_delta(row, text, finish_reason, tokens)`` is called from this thread as text appears.
         """
-        images = [image for prompt in prompts for image in prompt.images]
-        inputs = self.processor(
-            text=[p.text for p in prompts],
-            images=images or None,
-            padding=True,
-            add_special_tokens=False,  # the chat template already has <s>
-            return_tensors="pt",
-        ).to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs = self._inputs(prompts)
         prompt_len = inputs["input_ids"].shape[1]
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         progress = _Progress(self.tokenizer, prompts, prompt_len, self.eos_ids, on_delta)
@@ -278,4 +340,10 @@ class ChatGenerator:
         return results
 
 
-__all__ = ["ChatGenerator", "ChatPrompt", "Completion", "RowwiseSampling", "SamplingParams"]
+__all__ = [
+    "ChatGenerator",
+    "ChatPrompt",
+    "Completion",
+    "RowwiseSampling",
+    "SamplingParams",
+]

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from transformers import PreTrainedTokenizerBase
 
 from stf_model.constants import IGNORE_INDEX, IMAGE_TOKEN
+from stf_model.user_text import literal_token_ids, render_marking_user_text
 
 # Reason code -> what it means and what to do; quarantine rows carry the code and a detail. These
 # are the library's; the pipelines add the codes only they raise (reading files and images).
@@ -194,7 +195,7 @@ def tokenize_conversation(
         return_dict=True,
         return_assistant_tokens_mask=True,
     )
-    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    ids, mask = _literal_user_text(tokenizer, chat_template, messages, out, image_token_id)
     if ids.count(image_token_id) != num_images:
         raise RecordError(
             "placeholder_tokenization",
@@ -233,6 +234,26 @@ def tokenize_conversation(
         ids, mask, truncated = ids[: fitting[-1]], mask[: fitting[-1]], True
     labels = [i if m else IGNORE_INDEX for i, m in zip(ids, mask, strict=True)]
     return TokenizedSample(input_ids=ids, labels=labels, truncated=truncated)
+
+
+def _literal_user_text(
+    tokenizer: PreTrainedTokenizerBase,
+    chat_template: str,
+    messages: Sequence[dict[str, str]],
+    rendered_ids: dict,
+    image_token_id: int,
+) -> tuple[list[int], list[int]]:
+    """The template's ids and assistant mask, with any special token that a record's own text
+    holds (``</s>``, ``<|im_end|>``, ...) re-tokenised as text; ``<image>`` stays the image
+    placeholder, as LLaVA's format defines it (its count is checked by :func:`parse_record`)."""
+    ids, mask = list(rendered_ids["input_ids"]), list(rendered_ids["assistant_masks"])
+    rendered = render_marking_user_text(
+        tokenizer, list(messages), chat_template=chat_template, add_generation_prompt=False
+    )
+    tokens = literal_token_ids(tokenizer, rendered, rendered.user_spans, keep={image_token_id})
+    if tokens.plain != ids:  # the template tokenised differently: keep its ids unchanged
+        return ids, mask
+    return tokens.ids, [mask[i] for i in tokens.origin]
 
 
 def _supervised_spans(mask: Sequence[int]) -> list[tuple[int, int]]:

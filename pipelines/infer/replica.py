@@ -11,6 +11,7 @@ from pipelines.images import checked_image
 from pipelines.infer.spec import InferSpec
 from pipelines.models import load_generator
 from pipelines.storage import read_many
+from stf_model.errors import ModelInputError
 from stf_model.generation import ChatPrompt, Completion, SamplingParams
 from stf_model.records import RecordError
 
@@ -47,9 +48,13 @@ class Answerer:
             except RecordError as err:
                 errors[row] = f"{err.reason}: {err.detail}"
                 continue
-            prompts.append(
-                ChatPrompt(self.generator.render(self._messages(text)), [image], self.params)
-            )
+            prompt = ChatPrompt(self.generator.render(self._messages(text)), [image], self.params)
+            try:  # checked per row, so that one bad prompt cannot fail the batch's generate
+                self.generator.count_prompt_tokens(prompt)
+            except ModelInputError as err:
+                errors[row] = f"prompt_placeholders: {err}"
+                continue
+            prompts.append(prompt)
             rows.append(row)
         results = dict(zip(rows, self.generator.generate(prompts), strict=True)) if prompts else {}
         out: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}

@@ -146,6 +146,8 @@ class ChatServer:
         self.requests += 1
         try:
             async for event in self._generate_batch(prompt):
+                if isinstance(event, Exception):
+                    raise event  # this request's own failure: a generic 500, logged
                 if event is not None:
                     yield event
         finally:
@@ -154,7 +156,8 @@ class ChatServer:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def _generate_batch(self, prompts: list[ChatPrompt]):
         """Runs one ``generate`` for the batch in a thread and yields, per step, one entry per
-        request: its news, ``None`` (nothing new) or ``StopIteration`` once it has finished."""
+        request: its news, ``None`` (nothing new), its exception if it failed, or
+        ``StopIteration`` once it has finished."""
         self.batch_sizes[len(prompts)] += 1
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -162,16 +165,22 @@ class ChatServer:
         def on_delta(row: int, text: str, reason, tokens: int) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (row, text, reason, tokens))
 
-        work = loop.run_in_executor(None, self.generator.generate, prompts, on_delta)
+        work = loop.run_in_executor(None, self.generator.generate_each, prompts, on_delta)
         work.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
         done = [False] * len(prompts)
         finished_thread = False
         while not finished_thread:
             step, finished_thread = _drain(events, await events.get(), done)
-            if finished_thread:
-                await work  # raises the generation error, if any, to every request in the batch
+            if finished_thread:  # a row that failed gets its own error, and only that row
+                for row, result in enumerate(await work):
+                    if isinstance(result, Exception) and not done[row]:
+                        step[row] = result
             for row, entry in enumerate(step):
-                if isinstance(entry, tuple) and entry[1] is not None:
+                if (
+                    isinstance(entry, Exception)
+                    or isinstance(entry, tuple)
+                    and entry[1] is not None
+                ):
                     done[row] = True
             if any(isinstance(entry, tuple) for entry in step):
                 yield step

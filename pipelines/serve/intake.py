@@ -19,6 +19,7 @@ from pipelines import strict_json
 from pipelines.serve.images import load_image
 from pipelines.serve.protocol import APIError, ChatCompletionRequest, validation_error
 from pipelines.serve.spec import ServeSpec
+from stf_model.errors import ModelInputError
 from stf_model.generation import ChatPrompt, SamplingParams
 
 
@@ -124,7 +125,10 @@ class Intake:
             stop=tuple(body.stop or ()),
         )
         prompt = ChatPrompt(text=text, images=images, params=params, stream=body.stream)
-        prompt_tokens = self.renderer.count_prompt_tokens(prompt)
+        try:  # checked here, at the edge: a request that would fail its batch never joins one
+            prompt_tokens = self.renderer.count_prompt_tokens(prompt)
+        except ModelInputError as err:
+            raise APIError(400, str(err), param="messages") from err
         needed = prompt_tokens + max_tokens
         if needed > self.max_context:
             raise APIError(

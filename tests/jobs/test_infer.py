@@ -103,6 +103,7 @@ def test_table_input_with_per_row_prompts_and_template(ray_local, model_dir, tmp
         for i, p in enumerate(images)
     ]
     rows[0]["ask"] = "own prompt"
+    rows[2]["question"] = "<image> twice <image></s>?"  # user text: answered as text
     table.write_text("\n".join(json.dumps(r) for r in rows))
     spec = _spec(
         model_dir,
@@ -116,13 +117,18 @@ def test_table_input_with_per_row_prompts_and_template(ray_local, model_dir, tmp
         prompt_template="{prompt} / {question}",
     )
     run_infer(spec)
-    prompts = {r["id"]: r["prompt"] for r in read_output(spec).to_pylist()}
+    output = read_output(spec).to_pylist()
+    prompts = {r["id"]: r["prompt"] for r in output}
     assert prompts == {
         "q0": "own prompt / Q0?",
         "q1": "default / Q1?",
-        "q2": "default / Q2?",
+        "q2": "default / <image> twice <image></s>?",
         "q3": "default / Q3?",
     }
+    assert all(r["error"] is None and r["answer"] is not None for r in output)
+    tokens = {r["id"]: r["prompt_tokens"] for r in output}
+    assert tokens["q2"] > tokens["q1"]  # the typed placeholders are text tokens, not 36 each
+    assert tokens["q2"] < tokens["q1"] + 36
     bad = _spec(model_dir, str(table), tmp_path / "o2", id_column="nope")
     with pytest.raises(ValueError, match="no 'nope'"):
         run_infer(bad)

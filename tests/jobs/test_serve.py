@@ -247,6 +247,32 @@ def test_concurrent_requests_are_batched(client, server):
         assert long.startswith(short)
 
 
+def test_special_tokens_in_user_text_fail_no_one(client, reference):
+    """`<image>`, `</s>` and `<s>` typed by users are text: each such request is answered, and the
+    plain requests that share its batch get exactly their in-process answers."""
+    image = _png()
+    injected = "Is this <image> a </s> trick? <s>"
+    requests_ = [
+        _image_message(_data_url(image)),
+        [{"role": "user", "content": injected}],
+        _image_message(_data_url(image), text=injected),
+        [{"role": "system", "content": "<image>"}, {"role": "user", "content": "<image><image>"}],
+    ] * 2
+
+    def ask(messages):
+        return client.chat.completions.create(
+            model="tiny-chat", messages=messages, max_tokens=6, temperature=0
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(ask, requests_))
+    for messages, reply in zip(requests_, replies, strict=True):
+        images = [image] if messages is requests_[0] or messages is requests_[2] else []
+        expected = _expected(reference, messages, 6, images)
+        assert reply.choices[0].message.content == expected.text
+        assert reply.usage.prompt_tokens == expected.prompt_tokens
+
+
 def test_remote_image_from_an_allowed_host(client, image_host):
     reply = client.chat.completions.create(
         model="tiny-chat", messages=_image_message(image_host), max_tokens=4, temperature=0

@@ -1,0 +1,119 @@
+"""Text that users typed stays text: no special token can be injected through it.
+
+A chat template renders messages into one string, and a tokenizer turns every occurrence of a
+special token's string into that token. So a user who types ``<image>`` would add an image
+placeholder (which fails a whole batch when it does not match the images), and ``</s>`` or
+``<|im_end|>`` would end a turn early. Here rendering remembers where each message's own text
+lies (:func:`render_marking_user_text`), and tokenisation re-tokenises any special token found
+inside those spans as the plain text it is (:func:`literal_token_ids`), leaving every other token
+exactly as the tokenizer produced it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, NamedTuple
+
+from transformers import PreTrainedTokenizerBase
+
+
+class Rendered(str):
+    """A rendered prompt that knows where the client's own text sits in it (character spans).
+
+    :meth:`ChatGenerator.render` returns one. That text is tokenised as text: a literal
+    ``<image>``, ``</s>`` or chat-template marker typed by a user is never a placeholder or a
+    control token. A plain ``str`` prompt is trusted whole (for prompts built in code).
+    """
+
+    user_spans: tuple[tuple[int, int], ...]
+
+    def __new__(cls, text: str, user_spans: Sequence[tuple[int, int]] = ()):
+        rendered = super().__new__(cls, text)
+        rendered.user_spans = tuple(user_spans)
+        return rendered
+
+
+# Private-use characters around a message number: no tokenizer or template uses them.
+_MARK = re.compile("\ue000(\\d+)\ue001")
+
+
+def render_marking_user_text(processor: Any, messages: list[dict], **options: Any) -> Rendered:
+    """Renders with ``processor.apply_chat_template`` (a processor's or a tokenizer's, with
+    ``options`` such as ``chat_template=``) and finds each message's text in the result.
+
+    The template is rendered once with every text replaced by a marker, and the texts are put
+    back where the markers landed; that must give exactly the plain rendering (a template that
+    rewrites text, e.g. strips it, falls back to the plain rendering with no spans, whose
+    placeholders :meth:`ChatGenerator.prompt_ids` still counts against the images).
+    """
+    texts: list[str] = []
+
+    def mark(text: str) -> str:
+        texts.append(text)
+        return f"\ue000{len(texts) - 1}\ue001"
+
+    marked = [_with_texts(message, mark) for message in messages]
+    options = {"add_generation_prompt": True, **options, "tokenize": False}
+    plain = processor.apply_chat_template(messages, **options)
+    template = processor.apply_chat_template(marked, **options)
+    pieces, spans, length, last = [], [], 0, 0
+    for match in _MARK.finditer(template):
+        text = texts[int(match.group(1))]
+        pieces += [template[last : match.start()], text]
+        length += match.start() - last
+        spans.append((length, length + len(text)))
+        length += len(text)
+        last = match.end()
+    pieces.append(template[last:])
+    joined = "".join(pieces)
+    return Rendered(joined, spans) if joined == plain else Rendered(plain)
+
+
+def _with_texts(message: dict, mark: Callable[[str], str]) -> dict:
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": mark(content)}
+    if isinstance(content, list):
+        parts = [
+            {**part, "text": mark(part["text"])}
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else part
+            for part in content
+        ]
+        return {**message, "content": parts}
+    return message
+
+
+class LiteralTokens(NamedTuple):
+    """``ids`` with user text literal; ``origin[k]``: the index in ``plain`` (the tokenizer's own
+    ids) that ``ids[k]`` came from, so per-token data such as an assistant mask can follow."""
+
+    ids: list[int]
+    origin: list[int]
+    plain: list[int]
+
+
+def literal_token_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    user_spans: Sequence[tuple[int, int]],
+    keep: Collection[int] = (),
+) -> LiteralTokens:
+    """Tokenises ``text`` as the tokenizer does (no BOS/EOS added), except that a special token
+    lying inside one of ``user_spans`` (and not in ``keep``) becomes the tokens of its text."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    special = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special} - set(keep)
+    ids: list[int] = []
+    origin: list[int] = []
+    for index, (token, (start, end)) in enumerate(
+        zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
+    ):
+        if token in special and any(a <= start and end <= b for a, b in user_spans):
+            pieces = tokenizer(text[start:end], add_special_tokens=False, split_special_tokens=True)
+            ids += pieces["input_ids"]
+            origin += [index] * len(pieces["input_ids"])
+        else:
+            ids.append(token)
+            origin.append(index)
+    return LiteralTokens(ids, origin, list(encoded["input_ids"]))
