@@ -247,6 +247,10 @@ def _literal_user_text(
     holds (``</s>``, ``<|im_end|>``, ...) re-tokenised as text; ``<image>`` stays the image
     placeholder, as LLaVA's format defines it (its count is checked by :func:`parse_record`)."""
     ids, mask = list(rendered_ids["input_ids"]), list(rendered_ids["assistant_masks"])
+    specials = [t.content for i, t in tokenizer.added_tokens_decoder.items() if t.special]
+    typed = [s for s in specials if any(s in m["content"] for m in messages)]
+    if not typed or typed == [IMAGE_TOKEN]:  # the usual record: nothing to re-tokenise
+        return ids, mask
     rendered = render_marking_user_text(
         tokenizer, list(messages), chat_template=chat_template, add_generation_prompt=False
     )
