@@ -29,3 +29,8 @@ class MissingInput(UserError, FileNotFoundError):
 class JobFailed(UserError, RuntimeError):
     """The job ran but its output must not be used (too many bad records, rows unaccounted for);
     what was written is on storage for inspection. The command line exits 1 for these."""
+
+
+class Unschedulable(UserError):
+    """Resources the Ray cluster does not have and cannot get (a GPU on a machine without one);
+    the message names what was asked and what the cluster has."""

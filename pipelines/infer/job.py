@@ -137,9 +137,12 @@ def _generate(spec: InferSpec, todo: pa.Table) -> None:
     """Answers ``todo`` through the actor pool, one Parquet file per block under ``parts/``."""
     import ray
 
-    from pipelines.ray_env import init_ray
+    from pipelines.ray_env import init_ray, require_resources
 
     init_ray()
+    each = {"CPU": spec.num_cpus, "GPU": spec.num_gpus}
+    need = {name: amount * spec.concurrency for name, amount in each.items()}
+    require_resources("stf infer", f"{spec.concurrency} replicas of {each}", need)
     per_block = min(
         spec.rows_per_file, max(spec.batch_size, math.ceil(len(todo) / spec.concurrency))
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray import serve
 
-from pipelines.ray_env import init_ray
+from pipelines.ray_env import init_ray, require_resources
 from pipelines.serve.app import ChatServer
 from pipelines.serve.spec import ServeSpec
 
@@ -36,6 +36,10 @@ def run(spec: ServeSpec, blocking: bool = True) -> str:
     """Starts (or updates) the application on the connected Ray and returns its base URL; with
     ``blocking`` it serves until Ctrl-C (SIGINT) and then shuts Serve down."""
     init_ray()
+    replicas = spec.deployment.initial_replicas()
+    each = {"CPU": spec.deployment.num_cpus, "GPU": spec.deployment.num_gpus}
+    need = {name: amount * replicas for name, amount in each.items()}
+    require_resources("stf serve", f"{replicas} replicas of {each}", need)
     url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
     if not blocking:
         _deploy(spec)

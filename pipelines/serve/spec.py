@@ -44,6 +44,13 @@ class DeploymentOptions(JobSpec):
 
         return AutoscalingConfig(**value).model_dump(exclude_unset=True)
 
+    def initial_replicas(self) -> int:
+        """Replicas Serve starts with (at least one: a server with none answers nobody)."""
+        if self.autoscaling_config is None:
+            return self.num_replicas
+        config = self.autoscaling_config
+        return max(1, config.get("initial_replicas") or config.get("min_replicas") or 1)
+
     def ray_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,

@@ -16,7 +16,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.models import load_config
-from pipelines.ray_env import init_ray
+from pipelines.ray_env import init_ray, require_resources
 from pipelines.shards import read_shards
 from pipelines.storage import arrow_filesystem, fs_path, join, write_text
 from pipelines.train.arithmetic import preflight
@@ -44,17 +44,22 @@ def run(spec: TrainSpec) -> TrainSummary:
     plan = build_plan(spec, config)
     preflight(spec, config, plan.longest)
     init_ray()
+    scaling = ScalingConfig(
+        num_workers=spec.scaling.num_workers,
+        use_gpu=spec.scaling.use_gpu,
+        resources_per_worker=spec.scaling.resources_per_worker,
+    )
+    each = {k: v / scaling.num_workers for k, v in scaling.total_resources.items()}
+    require_resources(
+        "stf train", f"{scaling.num_workers} workers of {each}", scaling.total_resources
+    )
     write_text(join(spec.run_dir, "spec.yaml"), yaml.safe_dump(spec.resolved()), spec.storage)
     # Reading shards reserves no CPU: the workers hold theirs, and Ray Train leaves Ray Data no
     # budget on a cluster the workers fill (a 1-CPU read would wait forever on a 2-CPU machine).
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"plan": plan},
-        scaling_config=ScalingConfig(
-            num_workers=spec.scaling.num_workers,
-            use_gpu=spec.scaling.use_gpu,
-            resources_per_worker=spec.scaling.resources_per_worker,
-        ),
+        scaling_config=scaling,
         run_config=RunConfig(
             name=spec.name,
             storage_path=fs_path(spec.storage_path),
