@@ -291,6 +291,25 @@ def _error_cases(image_host_url: str) -> list[tuple[str, dict | None, bytes | No
     text = [{"role": "user", "content": "hi"}]
     return [
         ("malformed JSON", None, b'{"messages": [', 400),
+        (
+            "nested 100,000 deep",
+            None,
+            b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            400,
+        ),
+        (
+            "NaN temperature",
+            None,
+            b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+            400,
+        ),
+        (
+            "a 1 x 40,000 strip (padding would allocate gigabytes)",
+            {"messages": _image_message(_data_url(_png(size=(1, 40_000))))},
+            None,
+            413,
+        ),
+        ("a 33:1 banner", {"messages": _image_message(_data_url(_png(size=(330, 10))))}, None, 400),
         ("not JSON at all", None, b"\xff\xfe garbage", 400),
         ("no messages", {"model": "tiny-chat"}, None, 400),
         ("empty messages", {"messages": []}, None, 400),
@@ -358,6 +377,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
         assert response.status_code == status, (name, response.status_code, response.text[:300])
         error = response.json()["error"]
         assert error["message"] and error["type"], name
+        assert "Traceback" not in response.text, name
     # Auth: missing and wrong keys; unknown route; wrong method.
     assert (
         _post(url, {"messages": [{"role": "user", "content": "hi"}]}, key="wrong").status_code
