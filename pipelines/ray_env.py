@@ -36,24 +36,48 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def require_resources(job: str, asked: str, need: dict[str, float]) -> None:
-    """Refuses at once what a local Ray that this job started can never schedule.
+def require_resources(job: str, asked: str, need: dict[str, float], timeout_s: float) -> None:
+    """Checks ``need`` (the resources, in Ray's names, that ``asked``, e.g. "2 workers of
+    {'GPU': 1}", must hold at the same time, as a placement group or a fixed actor pool needs
+    them) against the connected Ray before a job starts.
 
-    ``need``: the resources (Ray's names: CPU, GPU, custom ones) that ``asked`` (e.g. "2 workers
-    of {'GPU': 1}") must hold at the same time, as a placement group or a fixed actor pool needs
-    them. Ray itself would wait forever ("No available node types can fulfill resource
-    request"). On a cluster reached through ``RAY_ADDRESS`` the autoscaler may add nodes, so
-    nothing is refused here.
+    On a local Ray that this job started, what it lacks it can never get (no autoscaler: Ray
+    itself would wait forever, "No available node types can fulfill resource request"), so the
+    job stops at once. On a cluster the autoscaler may add nodes: the job says what it waits
+    for; the job gives up after ``timeout_s`` through :func:`gave_up`.
     """
-    if not _started_local:
-        return
     have = ray.cluster_resources()
     need = {name: amount for name, amount in need.items() if amount > 0}
     if all(amount <= have.get(name, 0) + 1e-9 for name, amount in need.items()):
         return
-    wanted = ", ".join(f"{amount:g} {name}" for name, amount in sorted(need.items()))
-    has = ", ".join(f"{have.get(name, 0):g} {name}" for name in sorted(need))
-    raise Unschedulable(
-        f"{job}: {asked} need {wanted} at once; this machine's Ray has {has}. Ask for less, "
-        "or run on a cluster that has them (RAY_ADDRESS or stf submit)"
+    if _started_local:
+        raise Unschedulable(
+            f"{job}: {asked} need {_amounts(need)} at once; this machine's Ray has "
+            f"{_amounts({name: have.get(name, 0) for name in need})}. Ask for less, or run on a "
+            "cluster that has them (RAY_ADDRESS or stf submit)"
+        )
+    log.warning(
+        "%s: waiting up to %g s for %s (%s at once; the cluster has %s now; its autoscaler may "
+        "add nodes)",
+        job,
+        timeout_s,
+        asked,
+        _amounts(need),
+        _amounts({name: have.get(name, 0) for name in need}),
     )
+
+
+def gave_up(job: str, asked: str, need: dict[str, float], timeout_s: float) -> Unschedulable:
+    """The error for a job whose resources did not come within ``timeout_s`` on a cluster."""
+    have = ray.cluster_resources()
+    need = {name: amount for name, amount in need.items() if amount > 0}
+    return Unschedulable(
+        f"{job}: {asked} (needing {_amounts(need)} at once) did not start within "
+        f"schedule_timeout_s = {timeout_s:g} s; the cluster has "
+        f"{_amounts({name: have.get(name, 0) for name in need})}. Check the autoscaler's node "
+        "types (and their quotas), ask for less, or raise schedule_timeout_s"
+    )
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in sorted(resources.items()))

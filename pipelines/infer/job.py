@@ -134,15 +134,34 @@ def summary_line(spec: InferSpec, summary: InferSummary) -> str:
 
 
 def _generate(spec: InferSpec, todo: pa.Table) -> None:
-    """Answers ``todo`` through the actor pool, one Parquet file per block under ``parts/``."""
+    """Answers ``todo`` (see :func:`_answer_all`), giving up after ``schedule_timeout_s`` when
+    the replicas cannot start."""
     import ray
 
-    from pipelines.ray_env import init_ray, require_resources
+    from pipelines.ray_env import gave_up, init_ray, require_resources
 
     init_ray()
     each = {"CPU": spec.num_cpus, "GPU": spec.num_gpus}
     need = {name: amount * spec.concurrency for name, amount in each.items()}
-    require_resources("stf infer", f"{spec.concurrency} replicas of {each}", need)
+    asked = f"{spec.concurrency} replicas of {each}"
+    require_resources("stf infer", asked, need, spec.schedule_timeout_s)
+    # Ray Data waits this long for the pool's replicas to start, then raises GetTimeoutError. A
+    # dataset copies the context when it is created, so this is set first, and for this job only
+    # (the context is the process's; other jobs may run in it after).
+    context = ray.data.DataContext.get_current()
+    previous, context.wait_for_min_actors_s = context.wait_for_min_actors_s, spec.schedule_timeout_s
+    try:
+        _answer_all(spec, todo)
+    except ray.exceptions.GetTimeoutError as err:  # the replicas did not start in time
+        raise gave_up("stf infer", asked, need, spec.schedule_timeout_s) from err
+    finally:
+        context.wait_for_min_actors_s = previous
+
+
+def _answer_all(spec: InferSpec, todo: pa.Table) -> None:
+    """Answers ``todo`` through the actor pool, one Parquet file per block under ``parts/``."""
+    import ray
+
     per_block = min(
         spec.rows_per_file, max(spec.batch_size, math.ceil(len(todo) / spec.concurrency))
     )

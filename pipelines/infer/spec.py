@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 
-from pydantic import Field, NonNegativeFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from pipelines.spec import InferenceModel, JobSpec, Location, Locations, StorageOptions
 
@@ -38,6 +38,9 @@ class InferSpec(JobSpec):
     concurrency: PositiveInt = Field(1, description="model replicas (actors)")
     num_cpus: float = Field(1.0, ge=0, description="CPUs each replica reserves")
     num_gpus: float = Field(0.0, ge=0, description="GPUs each replica reserves")
+    schedule_timeout_s: PositiveFloat = Field(
+        1800, description="on a cluster, seconds to wait for the replicas to start before giving up"
+    )
     rows_per_file: PositiveInt = Field(
         256, description="rows per output Parquet file (also the resume granularity)"
     )

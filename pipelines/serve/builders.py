@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 from ray import serve
 
-from pipelines.ray_env import init_ray, require_resources
+from pipelines.ray_env import gave_up, init_ray, require_resources
 from pipelines.serve.app import ChatServer
 from pipelines.serve.spec import ServeSpec
 
@@ -27,9 +28,32 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     return build_app(ServeSpec.model_validate(args))
 
 
-def _deploy(spec: ServeSpec) -> None:
+def _deploy(
+    spec: ServeSpec, asked: str, need: dict[str, float], stop: threading.Event | None = None
+) -> None:
+    """Deploys and waits for the application to run, at most ``schedule_timeout_s``.
+
+    ``serve.run`` waits for as long as the replicas take to be placed, which on a cluster whose
+    autoscaler cannot add the right nodes is forever; so the application is submitted without
+    waiting (``serve._run(_blocking=False)``, what ``serve.run`` calls) and its status polled
+    here, as ``serve.run`` itself does, with a deadline; ``stop`` (Ctrl-C) ends the wait.
+    """
     serve.start(http_options={"host": spec.host, "port": spec.port})
-    serve.run(build_app(spec), name=spec.app_name, route_prefix=spec.route_prefix)
+    app = build_app(spec)
+    serve._run(app, _blocking=False, name=spec.app_name, route_prefix=spec.route_prefix)
+    timeout_s = spec.deployment.schedule_timeout_s
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(spec.app_name)
+        running = status is not None and status.status == "RUNNING"
+        if running or (stop is not None and stop.is_set()):
+            return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"deploying {spec.app_name!r} failed: {status.message}")
+        if time.monotonic() > deadline:
+            serve.delete(spec.app_name)
+            raise gave_up("stf serve", asked, need, timeout_s)
+        time.sleep(0.2)
 
 
 def run(spec: ServeSpec, blocking: bool = True) -> str:
@@ -39,10 +63,11 @@ def run(spec: ServeSpec, blocking: bool = True) -> str:
     replicas = spec.deployment.initial_replicas()
     each = {"CPU": spec.deployment.num_cpus, "GPU": spec.deployment.num_gpus}
     need = {name: amount * replicas for name, amount in each.items()}
-    require_resources("stf serve", f"{replicas} replicas of {each}", need)
+    asked = f"{replicas} replicas of {each}"
+    require_resources("stf serve", asked, need, spec.deployment.schedule_timeout_s)
     url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
     if not blocking:
-        _deploy(spec)
+        _deploy(spec, asked, need)
         return url
     log.info("serving %s as %r; Ctrl-C stops", spec.model.path, spec.served_model_id)
     stop = threading.Event()
@@ -57,7 +82,7 @@ def run(spec: ServeSpec, blocking: bool = True) -> str:
     # replicas start) could leave the driver unable to shut Serve down.
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        _deploy(spec)
+        _deploy(spec, asked, need, stop)
         if not stop.is_set():
             log.info("serving at %s/v1", url)
         while not stop.wait(1.0):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import Field, PositiveInt, SecretStr, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
 
 from pipelines.spec import InferenceModel, JobSpec, StorageOptions
 
@@ -34,6 +34,9 @@ class DeploymentOptions(JobSpec):
     )
     num_cpus: float = Field(1.0, ge=0, description="CPUs each replica reserves")
     num_gpus: float = Field(0.0, ge=0, description="GPUs each replica reserves")
+    schedule_timeout_s: PositiveFloat = Field(
+        1800, description="on a cluster, seconds to wait for the replicas to start before giving up"
+    )
 
     @field_validator("autoscaling_config")
     @classmethod

@@ -8,15 +8,22 @@ the model directory) -> the run's summary.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    ControllerError,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
 from pipelines.models import load_config
-from pipelines.ray_env import init_ray, require_resources
+from pipelines.ray_env import gave_up, init_ray, require_resources
 from pipelines.shards import read_shards
 from pipelines.storage import arrow_filesystem, fs_path, join, write_text
 from pipelines.train.arithmetic import preflight
@@ -25,6 +32,9 @@ from pipelines.train.plan import TrainPlan, build_plan
 from pipelines.train.spec import TrainSpec
 
 log = logging.getLogger(__name__)
+# Worker-group start-ups that may fail (a timeout waiting for resources, a worker that died while
+# starting) before the run gives up; Ray Train's default is to retry forever.
+STARTUP_RETRIES = 2
 
 
 class TrainSummary(BaseModel):
@@ -50,9 +60,14 @@ def run(spec: TrainSpec) -> TrainSummary:
         resources_per_worker=spec.scaling.resources_per_worker,
     )
     each = {k: v / scaling.num_workers for k, v in scaling.total_resources.items()}
-    require_resources(
-        "stf train", f"{scaling.num_workers} workers of {each}", scaling.total_resources
-    )
+    asked = f"{scaling.num_workers} workers of {each}"
+    timeout_s = spec.scaling.schedule_timeout_s
+    require_resources("stf train", asked, scaling.total_resources, timeout_s)
+    # Ray Train waits this long for the workers' placement group (the driver passes the variable
+    # on to its controller) and retries a failed start STARTUP_RETRIES times: together, the
+    # spec's timeout. Then the run fails with WorkerGroupStartupTimeoutError.
+    per_try = timeout_s / (STARTUP_RETRIES + 1)
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(per_try)
     write_text(join(spec.run_dir, "spec.yaml"), yaml.safe_dump(spec.resolved()), spec.storage)
     # Reading shards reserves no CPU: the workers hold theirs, and Ray Train leaves Ray Data no
     # budget on a cluster the workers fill (a 1-CPU read would wait forever on a 2-CPU machine).
@@ -65,11 +80,18 @@ def run(spec: TrainSpec) -> TrainSummary:
             storage_path=fs_path(spec.storage_path),
             storage_filesystem=arrow_filesystem(spec.storage_path, spec.storage),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=spec.max_failures),
+            failure_config=FailureConfig(
+                max_failures=spec.max_failures, controller_failure_limit=STARTUP_RETRIES
+            ),
         ),
         datasets={"train": read_shards(plan.shard_urls, spec.storage)},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ControllerError as err:
+        if type(err.controller_failure).__name__ == "WorkerGroupStartupTimeoutError":
+            raise gave_up("stf train", asked, scaling.total_resources, timeout_s) from err
+        raise
     return TrainSummary(
         metrics=result.metrics or {},
         checkpoint=result.checkpoint.path if result.checkpoint else None,

@@ -26,6 +26,10 @@ class ScalingOptions(JobSpec):
     resources_per_worker: dict[str, float] | None = Field(
         None, description='e.g. {"CPU": 8, "GPU": 1}; default: 1 CPU (+1 GPU with use_gpu)'
     )
+    schedule_timeout_s: PositiveFloat = Field(
+        1800,
+        description="on a cluster, seconds to wait for the workers' resources before giving up",
+    )
 
 
 class DeepSpeedOptions(JobSpec):
