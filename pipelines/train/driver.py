@@ -89,6 +89,7 @@ def run(spec: TrainSpec) -> TrainSummary:
     try:
         result = trainer.fit()
     except ControllerError as err:
+        # Matched by name: Ray Train exports the error only from an internal module.
         if type(err.controller_failure).__name__ == "WorkerGroupStartupTimeoutError":
             raise gave_up("stf train", asked, scaling.total_resources, timeout_s) from err
         raise
