@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import ray
 
@@ -36,47 +37,66 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def require_resources(job: str, asked: str, need: dict[str, float], timeout_s: float) -> None:
-    """Checks ``need`` (the resources, in Ray's names, that ``asked``, e.g. "2 workers of
-    {'GPU': 1}", must hold at the same time, as a placement group or a fixed actor pool needs
-    them) against the connected Ray before a job starts.
+@dataclass(frozen=True)
+class ResourceAsk:
+    """What a job asks Ray for: ``count`` ``unit`` (workers, replicas), each holding ``each``
+    (Ray's resource names: CPU, GPU, custom ones), all at the same time, as a placement group or
+    a fixed actor pool needs them; and how long it may wait for them on a cluster."""
+
+    job: str
+    count: int
+    unit: str
+    each: dict[str, float]
+    timeout_s: float
+
+    @property
+    def need(self) -> dict[str, float]:
+        return {name: amount * self.count for name, amount in self.each.items() if amount > 0}
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.unit} of {self.each}"
+
+
+def require_resources(ask: ResourceAsk) -> None:
+    """Checks what ``ask`` needs against the connected Ray before the job starts.
 
     On a local Ray that this job started, what it lacks it can never get (no autoscaler: Ray
     itself would wait forever, "No available node types can fulfill resource request"), so the
     job stops at once. On a cluster the autoscaler may add nodes: the job says what it waits
-    for; the job gives up after ``timeout_s`` through :func:`gave_up`.
+    for, and gives up after ``ask.timeout_s`` through :func:`gave_up`.
     """
     have = ray.cluster_resources()
-    need = {name: amount for name, amount in need.items() if amount > 0}
-    if all(amount <= have.get(name, 0) + 1e-9 for name, amount in need.items()):
+    if all(amount <= have.get(name, 0) + 1e-9 for name, amount in ask.need.items()):
         return
     if _started_local:
         raise Unschedulable(
-            f"{job}: {asked} need {_amounts(need)} at once; this machine's Ray has "
-            f"{_amounts({name: have.get(name, 0) for name in need})}. Ask for less, or run on a "
-            "cluster that has them (RAY_ADDRESS or stf submit)"
+            f"{ask.job}: {ask} need {_amounts(ask.need)} at once; this machine's Ray has "
+            f"{_amounts(_held(ask, have))}. Ask for less, or run on a cluster that has them "
+            "(RAY_ADDRESS or stf submit)"
         )
     log.warning(
         "%s: waiting up to %g s for %s (%s at once; the cluster has %s now; its autoscaler may "
         "add nodes)",
-        job,
-        timeout_s,
-        asked,
-        _amounts(need),
-        _amounts({name: have.get(name, 0) for name in need}),
+        ask.job,
+        ask.timeout_s,
+        ask,
+        _amounts(ask.need),
+        _amounts(_held(ask, have)),
     )
 
 
-def gave_up(job: str, asked: str, need: dict[str, float], timeout_s: float) -> Unschedulable:
-    """The error for a job whose resources did not come within ``timeout_s`` on a cluster."""
-    have = ray.cluster_resources()
-    need = {name: amount for name, amount in need.items() if amount > 0}
+def gave_up(ask: ResourceAsk) -> Unschedulable:
+    """The error for a job whose resources did not come within ``ask.timeout_s`` on a cluster."""
     return Unschedulable(
-        f"{job}: {asked} (needing {_amounts(need)} at once) did not start within "
-        f"schedule_timeout_s = {timeout_s:g} s; the cluster has "
-        f"{_amounts({name: have.get(name, 0) for name in need})}. Check the autoscaler's node "
-        "types (and their quotas), ask for less, or raise schedule_timeout_s"
+        f"{ask.job}: {ask} (needing {_amounts(ask.need)} at once) did not start within "
+        f"schedule_timeout_s = {ask.timeout_s:g} s; the cluster has "
+        f"{_amounts(_held(ask, ray.cluster_resources()))}. Check the autoscaler's node types "
+        "(and their quotas), ask for less, or raise schedule_timeout_s"
     )
+
+
+def _held(ask: ResourceAsk, have: dict[str, float]) -> dict[str, float]:
+    return {name: have.get(name, 0) for name in ask.need}
 
 
 def _amounts(resources: dict[str, float]) -> str:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from transformers import PreTrainedTokenizerBase
 
 from stf_model.constants import IGNORE_INDEX, IMAGE_TOKEN
-from stf_model.user_text import literal_token_ids, render_marking_user_text
+from stf_model.user_text import literal_token_ids, render_marking_user_text, special_tokens
 
 # Reason code -> what it means and what to do; quarantine rows carry the code and a detail. These
 # are the library's; the pipelines add the codes only they raise (reading files and images).
@@ -247,7 +247,7 @@ def _literal_user_text(
     holds (``</s>``, ``<|im_end|>``, ...) re-tokenised as text; ``<image>`` stays the image
     placeholder, as LLaVA's format defines it (its count is checked by :func:`parse_record`)."""
     ids, mask = list(rendered_ids["input_ids"]), list(rendered_ids["assistant_masks"])
-    specials = [t.content for i, t in tokenizer.added_tokens_decoder.items() if t.special]
+    specials = special_tokens(tokenizer).values()
     typed = [s for s in specials if any(s in m["content"] for m in messages)]
     if not typed or typed == [IMAGE_TOKEN]:  # the usual record: nothing to re-tokenise
         return ids, mask

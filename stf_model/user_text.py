@@ -94,6 +94,11 @@ class LiteralTokens(NamedTuple):
     plain: list[int]
 
 
+def special_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
+    """The tokenizer's special tokens (``<s>``, ``</s>``, ``<image>``, ``<|im_end|>``, ...) by id."""
+    return {i: t.content for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
 def literal_token_ids(
     tokenizer: PreTrainedTokenizerBase,
     text: str,
@@ -103,7 +108,7 @@ def literal_token_ids(
     """Tokenises ``text`` as the tokenizer does (no BOS/EOS added), except that a special token
     lying inside one of ``user_spans`` (and not in ``keep``) becomes the tokens of its text."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    special = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special} - set(keep)
+    special = set(special_tokens(tokenizer)) - set(keep)
     ids: list[int] = []
     origin: list[int] = []
     for index, (token, (start, end)) in enumerate(

@@ -138,13 +138,12 @@ def _generate(spec: InferSpec, todo: pa.Table) -> None:
     the replicas cannot start."""
     import ray
 
-    from pipelines.ray_env import gave_up, init_ray, require_resources
+    from pipelines.ray_env import ResourceAsk, gave_up, init_ray, require_resources
 
     init_ray()
     each = {"CPU": spec.num_cpus, "GPU": spec.num_gpus}
-    need = {name: amount * spec.concurrency for name, amount in each.items()}
-    asked = f"{spec.concurrency} replicas of {each}"
-    require_resources("stf infer", asked, need, spec.schedule_timeout_s)
+    ask = ResourceAsk("stf infer", spec.concurrency, "replicas", each, spec.schedule_timeout_s)
+    require_resources(ask)
     # Ray Data waits this long for the pool's replicas to start, then raises GetTimeoutError. A
     # dataset copies the context when it is created, so this is set first, and for this job only
     # (the context is the process's; other jobs may run in it after).
@@ -153,7 +152,7 @@ def _generate(spec: InferSpec, todo: pa.Table) -> None:
     try:
         _answer_all(spec, todo)
     except ray.exceptions.GetTimeoutError as err:  # the replicas did not start in time
-        raise gave_up("stf infer", asked, need, spec.schedule_timeout_s) from err
+        raise gave_up(ask) from err
     finally:
         context.wait_for_min_actors_s = previous
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import serve
 
-from pipelines.ray_env import gave_up, init_ray, require_resources
+from pipelines.ray_env import ResourceAsk, gave_up, init_ray, require_resources
 from pipelines.serve.app import ChatServer
 from pipelines.serve.spec import ServeSpec
 
@@ -28,9 +28,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     return build_app(ServeSpec.model_validate(args))
 
 
-def _deploy(
-    spec: ServeSpec, asked: str, need: dict[str, float], stop: threading.Event | None = None
-) -> None:
+def _deploy(spec: ServeSpec, ask: ResourceAsk, stop: threading.Event | None = None) -> None:
     """Deploys and waits for the application to run, at most ``schedule_timeout_s``.
 
     ``serve.run`` waits for as long as the replicas take to be placed, which on a cluster whose
@@ -41,8 +39,7 @@ def _deploy(
     serve.start(http_options={"host": spec.host, "port": spec.port})
     app = build_app(spec)
     serve._run(app, _blocking=False, name=spec.app_name, route_prefix=spec.route_prefix)
-    timeout_s = spec.deployment.schedule_timeout_s
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + ask.timeout_s
     while True:
         status = serve.status().applications.get(spec.app_name)
         running = status is not None and status.status == "RUNNING"
@@ -52,7 +49,7 @@ def _deploy(
             raise RuntimeError(f"deploying {spec.app_name!r} failed: {status.message}")
         if time.monotonic() > deadline:
             serve.delete(spec.app_name)
-            raise gave_up("stf serve", asked, need, timeout_s)
+            raise gave_up(ask)
         time.sleep(0.2)
 
 
@@ -60,14 +57,14 @@ def run(spec: ServeSpec, blocking: bool = True) -> str:
     """Starts (or updates) the application on the connected Ray and returns its base URL; with
     ``blocking`` it serves until Ctrl-C (SIGINT) and then shuts Serve down."""
     init_ray()
-    replicas = spec.deployment.initial_replicas()
-    each = {"CPU": spec.deployment.num_cpus, "GPU": spec.deployment.num_gpus}
-    need = {name: amount * replicas for name, amount in each.items()}
-    asked = f"{replicas} replicas of {each}"
-    require_resources("stf serve", asked, need, spec.deployment.schedule_timeout_s)
+    deployment = spec.deployment
+    each = {"CPU": deployment.num_cpus, "GPU": deployment.num_gpus}
+    replicas = deployment.initial_replicas()
+    ask = ResourceAsk("stf serve", replicas, "replicas", each, deployment.schedule_timeout_s)
+    require_resources(ask)
     url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
     if not blocking:
-        _deploy(spec, asked, need)
+        _deploy(spec, ask)
         return url
     log.info("serving %s as %r; Ctrl-C stops", spec.model.path, spec.served_model_id)
     stop = threading.Event()
@@ -82,7 +79,7 @@ def run(spec: ServeSpec, blocking: bool = True) -> str:
     # replicas start) could leave the driver unable to shut Serve down.
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        _deploy(spec, asked, need, stop)
+        _deploy(spec, ask, stop)
         if not stop.is_set():
             log.info("serving at %s/v1", url)
         while not stop.wait(1.0):

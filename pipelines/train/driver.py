@@ -23,7 +23,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from pipelines.models import load_config
-from pipelines.ray_env import gave_up, init_ray, require_resources
+from pipelines.ray_env import ResourceAsk, gave_up, init_ray, require_resources
 from pipelines.shards import read_shards
 from pipelines.storage import arrow_filesystem, fs_path, join, write_text
 from pipelines.train.arithmetic import preflight
@@ -60,9 +60,9 @@ def run(spec: TrainSpec) -> TrainSummary:
         resources_per_worker=spec.scaling.resources_per_worker,
     )
     each = {k: v / scaling.num_workers for k, v in scaling.total_resources.items()}
-    asked = f"{scaling.num_workers} workers of {each}"
     timeout_s = spec.scaling.schedule_timeout_s
-    require_resources("stf train", asked, scaling.total_resources, timeout_s)
+    ask = ResourceAsk("stf train", scaling.num_workers, "workers", each, timeout_s)
+    require_resources(ask)
     # Ray Train waits this long for the workers' placement group (the driver passes the variable
     # on to its controller) and retries a failed start STARTUP_RETRIES times: together, the
     # spec's timeout. Then the run fails with WorkerGroupStartupTimeoutError.
@@ -91,7 +91,7 @@ def run(spec: TrainSpec) -> TrainSummary:
     except ControllerError as err:
         # Matched by name: Ray Train exports the error only from an internal module.
         if type(err.controller_failure).__name__ == "WorkerGroupStartupTimeoutError":
-            raise gave_up("stf train", asked, scaling.total_resources, timeout_s) from err
+            raise gave_up(ask) from err
         raise
     return TrainSummary(
         metrics=result.metrics or {},
