@@ -48,10 +48,24 @@ class StorageOptions(JobSpec):
     access_key_id: SecretStr | None = Field(None, description="default: AWS_ACCESS_KEY_ID")
     secret_access_key: SecretStr | None = Field(None, description="default: AWS_SECRET_ACCESS_KEY")
     anon: bool = Field(False, description="unsigned requests (public buckets)")
+    max_attempts: int | None = Field(
+        None,
+        ge=1,
+        description="tries per S3 request, with exponential backoff of up to 20 s between "
+        "them (default: AWS_MAX_ATTEMPTS, else 10: rides out an outage of about a minute)",
+    )
 
     def s3fs_options(self) -> dict[str, Any]:
         """Keyword arguments for ``s3fs.S3FileSystem``."""
-        options: dict[str, Any] = {"anon": self.anon}
+        # botocore's own retries are the ones that see a refused or dropped connection (s3fs
+        # retries only read errors); its defaults give up after about 5 s, so a blip of the
+        # object store would fail a training step or a checkpoint.
+        attempts = self.max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS") or 10)
+        mode = os.environ.get("AWS_RETRY_MODE") or "standard"
+        options: dict[str, Any] = {
+            "anon": self.anon,
+            "config_kwargs": {"retries": {"max_attempts": attempts, "mode": mode}},
+        }
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
         if endpoint or os.environ.get("AWS_ENDPOINT_URL"):
             options["endpoint_url"] = endpoint or os.environ["AWS_ENDPOINT_URL"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from typing import Any
 
 import yaml
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from ray.train import (
     CheckpointConfig,
     ControllerError,
+    DataConfig,
     FailureConfig,
     RunConfig,
     ScalingConfig,
@@ -25,7 +27,15 @@ from ray.train.torch import TorchTrainer
 from pipelines.models import load_config
 from pipelines.ray_env import ResourceAsk, gave_up, init_ray, require_resources
 from pipelines.shards import read_shards
-from pipelines.storage import arrow_filesystem, fs_path, join, write_text
+from pipelines.storage import (
+    arrow_filesystem,
+    filesystem,
+    fs_path,
+    join,
+    read_json,
+    remove_tree,
+    write_text,
+)
 from pipelines.train.arithmetic import preflight
 from pipelines.train.loop import train_loop
 from pipelines.train.plan import TrainPlan, build_plan
@@ -35,6 +45,8 @@ log = logging.getLogger(__name__)
 # Worker-group start-ups that may fail (a timeout waiting for resources, a worker that died while
 # starting) before the run gives up; Ray Train's default is to retry forever.
 STARTUP_RETRIES = 2
+# Ray Train's record of the run's completed checkpoints, in the run directory.
+SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 class TrainSummary(BaseModel):
@@ -69,6 +81,7 @@ def run(spec: TrainSpec) -> TrainSummary:
     per_try = timeout_s / (STARTUP_RETRIES + 1)
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(per_try)
     write_text(join(spec.run_dir, "spec.yaml"), yaml.safe_dump(spec.resolved()), spec.storage)
+    drop_unrecorded_checkpoints(spec)
     # Reading shards reserves no CPU: the workers hold theirs, and Ray Train leaves Ray Data no
     # budget on a cluster the workers fill (a 1-CPU read would wait forever on a 2-CPU machine).
     trainer = TorchTrainer(
@@ -85,6 +98,7 @@ def run(spec: TrainSpec) -> TrainSummary:
             ),
         ),
         datasets={"train": read_shards(plan.shard_urls, spec.storage)},
+        dataset_config=deterministic_ingest(),
     )
     try:
         result = trainer.fit()
@@ -99,6 +113,41 @@ def run(spec: TrainSpec) -> TrainSummary:
         model=join(spec.run_dir, "model"),
         plan=plan,
     )
+
+
+def drop_unrecorded_checkpoints(spec: TrainSpec) -> None:
+    """Deletes the checkpoint folders of this run that Ray Train's snapshot does not record: a
+    run killed while it wrote one leaves it half-written. Ray resumes from the recorded ones
+    only, so these are never read; removing them frees their space and leaves no torn folder
+    for a person (or a script picking the newest) to take for a checkpoint. A snapshot that
+    cannot be parsed is left for Ray to report."""
+    try:
+        snapshot = read_json(join(spec.run_dir, SNAPSHOT), spec.storage) or {}
+    except ValueError:
+        return
+    recorded = {c["checkpoint_dir_name"] for c in snapshot.get("checkpoint_results", [])}
+    fs = filesystem(spec.run_dir, spec.storage)
+    fs.invalidate_cache()
+    try:
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(fs_path(spec.run_dir))]
+    except FileNotFoundError:
+        return
+    for name in sorted(names):
+        if name.startswith("checkpoint_") and name != SNAPSHOT and name not in recorded:
+            log.warning("removing %s: a checkpoint that was never completed", name)
+            remove_tree(join(spec.run_dir, name), spec.storage)
+
+
+def deterministic_ingest() -> DataConfig:
+    """Every worker gets the same rows in the same order on every run of the same shards: a
+    resumed run skips exactly the micro-batches its checkpoint consumed, so no row is seen twice
+    or never. By default Ray Data emits blocks as their reads finish and the split prefers blocks
+    already on a worker's node, so two runs (or a run and its resume) would hand ranks different
+    rows; with ``preserve_order`` the reads come out in file order and the split is a fixed
+    function of that order (Ray ignores locality hints then)."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(execution_options=options, enable_shard_locality=False)
 
 
 def summary_line(spec: TrainSpec, summary: TrainSummary) -> str:

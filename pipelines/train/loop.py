@@ -239,6 +239,7 @@ def step(
     metrics = meter.step(state, engine.get_global_grad_norm(), worker.scheduler.get_last_lr()[0])
     spec = plan.spec
     if state.step % spec.checkpoint_every == 0 or state.step == plan.total_steps:
+        meter.sync()
         _report_with_checkpoint(engine, state, metrics, worker.rank)
     elif metrics is not None:
         ray.train.report(metrics)

@@ -1,11 +1,13 @@
 """Training metrics: rank 0's console progress, ``metrics.csv``, TensorBoard, and the loss plot.
 
-Rank 0 may run on any node: it writes the logs where it runs and, for an S3 run, uploads them when
-the run ends.
+Rank 0 may run on any node: it writes the logs where it runs. For an S3 run it starts from the
+run's ``metrics.csv`` (a resumed or restored run continues it), uploads it with every checkpoint and
+uploads all logs when the run ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import tempfile
@@ -14,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipelines.storage import fs_path, is_s3, upload_dir
+from pipelines.storage import filesystem, fs_path, is_s3, join, upload_dir, write_text
 from pipelines.train.plan import TrainPlan, TrainState
 
 METRIC_COLUMNS = (
@@ -49,7 +51,13 @@ class Meter:
         self.local_dir = tempfile.mkdtemp(prefix="stf-logs-") if s3 else fs_path(spec.run_dir)
         os.makedirs(self.local_dir, exist_ok=True)
         path = os.path.join(self.local_dir, "metrics.csv")
+        if s3:
+            fs = filesystem(spec.run_dir, spec.storage)
+            with contextlib.suppress(FileNotFoundError):
+                fs.get_file(fs_path(join(spec.run_dir, "metrics.csv")), path)
         fresh = not os.path.exists(path)
+        if not fresh:
+            _drop_torn_last_line(path)
         self.csv_file = open(path, "a", newline="")  # noqa: SIM115 (kept open for the run)
         self.csv = csv.writer(self.csv_file)
         if fresh:
@@ -112,6 +120,14 @@ class Meter:
                 self.writer.add_scalar(f"train/{key}", value, step)
         self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
 
+    def sync(self) -> None:
+        """Rank 0 of an S3 run uploads ``metrics.csv`` (called as a checkpoint is written, so the
+        rows up to every recorded checkpoint are in the run directory)."""
+        spec = self.plan.spec
+        if self.rank == 0 and is_s3(spec.run_dir):
+            with open(os.path.join(self.local_dir, "metrics.csv"), newline="") as f:
+                write_text(join(spec.run_dir, "metrics.csv"), f.read(), spec.storage)
+
     def close(self) -> None:
         """Closes the logs; rank 0 draws the loss curve and uploads the logs of an S3 run."""
         if self.rank != 0:
@@ -123,6 +139,15 @@ class Meter:
         spec = self.plan.spec
         if is_s3(spec.run_dir):
             upload_dir(self.local_dir, spec.run_dir, spec.storage)
+
+
+def _drop_torn_last_line(path: str) -> None:
+    """Cuts a last line the previous run did not finish (it was killed mid-write), so the rows
+    this run appends stay rows of their own."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def memory_gb(baseline_gb: float = 0.0) -> float:

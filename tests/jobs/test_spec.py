@@ -75,6 +75,21 @@ def test_storage_falls_back_to_the_aws_environment(monkeypatch):
     assert StorageOptions(endpoint_url="http://x").s3fs_options()["endpoint_url"] == "http://x"
 
 
+def test_s3_retries_ride_out_an_outage_unless_the_aws_environment_says_otherwise(monkeypatch):
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    retries = StorageOptions().s3fs_options()["config_kwargs"]["retries"]
+    assert retries == {"max_attempts": 10, "mode": "standard"}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    retries = StorageOptions().s3fs_options()["config_kwargs"]["retries"]
+    assert retries == {"max_attempts": 3, "mode": "adaptive"}
+    retries = StorageOptions(max_attempts=20).s3fs_options()["config_kwargs"]["retries"]
+    assert retries["max_attempts"] == 20
+    with pytest.raises(ValueError):
+        StorageOptions(max_attempts=0)
+
+
 def test_overrides_do_not_mutate_the_input():
     data = {"a": {"b": 1}}
     assert apply_overrides(data, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
