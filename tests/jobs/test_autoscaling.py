@@ -1,20 +1,27 @@
 """The autoscaling path on one machine: Ray's AutoscalingCluster (fake worker nodes as local
 processes, the real autoscaler) starts with no workers; a tiny train job whose workers need a
 resource only the worker node type has (``stf_gpu``, standing in for GPUs) makes the autoscaler add
-nodes; the job finishes; the idle nodes are released.
+nodes; the job finishes; the idle nodes are released. Then a second run loses one of its worker
+nodes mid-run (its raylet and everything under it killed): a replacement node comes up and the run
+finishes where an uninterrupted one would.
 
-Marked ``slow`` (about 2-3 minutes) and run by ``make test-slow``. AutoscalingCluster runs
+Marked ``slow`` (about 4-5 minutes) and run by ``make test-slow``. AutoscalingCluster runs
 ``ray stop --force`` on start and shutdown, which stops every Ray on the machine, so this test
 refuses to run next to another Ray in the same session.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import os
+import threading
 import time
 
 import pytest
 
 pytestmark = pytest.mark.slow
+STEPS = 12
 
 WORKER_TYPE = "gpu-standin"
 
@@ -71,7 +78,9 @@ def _cluster(idle_timeout_minutes: float):
                 "resources": {"CPU": 1, "stf_gpu": 1, "object_store_memory": 200 * 1024 * 1024},
                 "node_config": {},
                 "min_workers": 0,
-                "max_workers": 2,
+                # One more than the job needs: a replacement can start while the autoscaler
+                # has not yet noticed that a removed node is gone.
+                "max_workers": 3,
             }
         },
         idle_timeout_minutes=idle_timeout_minutes,
@@ -82,51 +91,134 @@ def _alive_workers(ray) -> int:
     return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("stf_gpu"))
 
 
-def test_train_job_scales_gpu_standin_workers_up_from_zero_and_back(tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
+    """The autoscaling cluster, started with no worker nodes, and this process connected."""
     import ray
 
     if ray.is_initialized():
         pytest.skip("another Ray runs in this session; AutoscalingCluster would stop it")
-    from pipelines.preprocess import PreprocessSpec
-    from pipelines.preprocess.job import run as preprocess
-    from pipelines.synth import write_corpus
-    from pipelines.train import TrainSpec
-    from pipelines.train.driver import run as train
-
-    write_corpus(tmp_path / "corpus", n=24, seed=5, n_eval=0)
     cluster = _cluster(idle_timeout_minutes=0.2)
     cluster.start()
     try:
         ray.init(address="auto", log_to_driver=False)
         assert _alive_workers(ray) == 0  # starts with no worker nodes
-        preprocess(
-            PreprocessSpec(
-                inputs=[str(tmp_path / "corpus" / "finetune.jsonl")],
-                output=str(tmp_path / "shards"),
-                workers=1,
-            )
-        )
-        assert _alive_workers(ray) == 0  # CPU work ran on the head
-        spec = TrainSpec(
-            name="scaled",
-            storage_path=str(tmp_path / "runs"),
-            stage="finetune",
-            data=[str(tmp_path / "shards")],
-            max_steps=2,
-            checkpoint_every=100,
-            log_every=1,
-            scaling={"num_workers": 2, "resources_per_worker": {"CPU": 1, "stf_gpu": 1}},
-            deepspeed={"zero_stage": 2, "precision": "fp32", "micro_batch_size": 2},
-        )
-        summary = train(spec)
-        assert summary.metrics["step"] == 2
-        assert (tmp_path / "runs" / "scaled" / "model" / "model.safetensors").exists()
-        launched = [n for n in ray.nodes() if n["Resources"].get("stf_gpu")]
-        assert len(launched) == 2, "the autoscaler should have added one node per worker"
-        deadline = time.monotonic() + 180
-        while _alive_workers(ray) and time.monotonic() < deadline:
-            time.sleep(2)
-        assert _alive_workers(ray) == 0, "idle worker nodes were not released"
+        yield ray
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shards(cluster, tmp_path_factory):
+    from pipelines.preprocess import PreprocessSpec
+    from pipelines.preprocess.job import run as preprocess
+    from pipelines.synth import write_corpus
+
+    root = tmp_path_factory.mktemp("autoscaling")
+    write_corpus(root / "corpus", n=24, seed=5, n_eval=0)
+    preprocess(
+        PreprocessSpec(
+            inputs=[str(root / "corpus" / "finetune.jsonl")],
+            output=str(root / "shards"),
+            workers=1,
+        )
+    )
+    assert _alive_workers(cluster) == 0  # CPU work ran on the head
+    return str(root / "shards")
+
+
+def _spec(shards: str, name: str):
+    from pipelines.train import TrainSpec
+
+    return TrainSpec(
+        name=name,
+        storage_path=os.path.join(os.path.dirname(shards), "runs"),
+        stage="finetune",
+        data=[shards],
+        epochs=10,  # the corpus gives 6 steps an epoch; max_steps ends the run
+        max_steps=STEPS,
+        checkpoint_every=4,
+        max_failures=2,
+        log_every=1,
+        scaling={"num_workers": 2, "resources_per_worker": {"CPU": 1, "stf_gpu": 1}},
+        deepspeed={"zero_stage": 2, "precision": "fp32", "micro_batch_size": 2},
+    )
+
+
+def _losses(spec) -> dict[int, str]:
+    """Each step's loss; a step re-run after a restore counts with its last row."""
+    with open(os.path.join(spec.run_dir, "metrics.csv")) as f:
+        return {int(r["step"]): r["loss"] for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, shards):
+    """One run that nothing interrupts: the scale-up test's run and the removal test's reference."""
+    from pipelines.train.driver import run as train
+
+    spec = _spec(shards, "scaled")
+    return spec, train(spec)
+
+
+def test_train_job_scales_gpu_standin_workers_up_from_zero_and_back(cluster, uninterrupted):
+    spec, summary = uninterrupted
+    assert summary.metrics["step"] == STEPS
+    assert os.path.exists(os.path.join(spec.run_dir, "model", "model.safetensors"))
+    launched = [n for n in cluster.nodes() if n["Resources"].get("stf_gpu")]
+    assert len(launched) == 2, "the autoscaler should have added one node per worker"
+    deadline = time.monotonic() + 180
+    while _alive_workers(cluster) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert _alive_workers(cluster) == 0, "idle worker nodes were not released"
+
+
+def _gpu_node_ids(ray) -> set[str]:
+    return {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("stf_gpu")}
+
+
+def _remove_a_worker_node() -> int:
+    """Kills, as a machine going away would, the raylet of a node that runs a training worker
+    and every process under it; returns the raylet's pid (0 when no worker runs yet)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if not any("ray::RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+            continue
+        raylet = proc.parent()
+        if raylet is None or "raylet" not in raylet.name():
+            continue
+        for each in [*raylet.children(recursive=True), raylet]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                each.kill()
+        return raylet.pid
+    return 0
+
+
+def test_a_worker_node_removed_mid_run_is_replaced_and_the_run_finishes(
+    cluster, shards, uninterrupted
+):
+    """Past the first checkpoint, the node under one training worker dies. The autoscaler adds a
+    replacement, Ray Train restores both workers from the checkpoint, and the run reaches its
+    planned steps with the losses of the run nothing interrupted, step for step."""
+    from pipelines.train.driver import run as train
+
+    spec = _spec(shards, "node-lost")
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(train(spec)), daemon=True)
+    thread.start()
+    path = os.path.join(spec.run_dir, "metrics.csv")
+    deadline, removed = time.monotonic() + 300, 0
+    while not removed and thread.is_alive() and time.monotonic() < deadline:
+        if os.path.exists(path) and len(_losses(spec)) >= 6:  # past the step-4 checkpoint
+            before = _gpu_node_ids(cluster)
+            removed = _remove_a_worker_node()
+        time.sleep(0.2)
+    assert removed, "never saw the run past its first checkpoint"
+    thread.join(timeout=420)
+    assert not thread.is_alive() and result["metrics"]["step"] == STEPS
+    with open(path) as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert len(steps) > STEPS  # the steps since the checkpoint ran again
+    assert _losses(spec) == _losses(uninterrupted[0])
+    assert _gpu_node_ids(cluster) - before, "no replacement node joined"
