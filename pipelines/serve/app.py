@@ -100,9 +100,10 @@ class ChatServer:
         self.intake = Intake(spec, self.generator, max_context)
         self.model_id = self.intake.model_id
         self._generate_batch.set_max_batch_size(spec.batching.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(spec.batching.batch_wait_timeout_s)
+        self.batch_wait_s = spec.batching.batch_wait_timeout_s
         self.batch_sizes: Counter[int] = Counter()
         self.requests = 0
+        self.active = 0  # requests handed to the batcher and not finished
         self.created = int(time.time())
 
     # -- routes --
@@ -144,6 +145,12 @@ class ChatServer:
     async def _run(self, prompt: ChatPrompt) -> AsyncIterator[tuple[str, str | None, int]]:
         """(new text, finish reason or None, tokens so far) for one request, from its batch."""
         self.requests += 1
+        # The batch window only pays when others are about to arrive. A request that finds the
+        # replica idle (nothing queued, nothing generating) runs at once; one that arrives while
+        # others are in flight waits up to the window so that the next batch fills. Serve reads
+        # the window when a batch takes its first request, which is this one when idle.
+        self._generate_batch.set_batch_wait_timeout_s(self.batch_wait_s if self.active else 0.0)
+        self.active += 1
         try:
             async for event in self._generate_batch(prompt):
                 if isinstance(event, Exception):
@@ -151,6 +158,7 @@ class ChatServer:
                 if event is not None:
                     yield event
         finally:
+            self.active -= 1
             prompt.cancelled.set()  # a client that went away stops its row at the next token
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)

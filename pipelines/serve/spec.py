@@ -72,7 +72,10 @@ class BatchingOptions(JobSpec):
 
     max_batch_size: PositiveInt = Field(8, description="requests per batch")
     batch_wait_timeout_s: float = Field(
-        0.02, ge=0, description="how long a batch waits to fill before it runs"
+        0.02,
+        ge=0,
+        description="how long a batch waits to fill before it runs, when other requests are in "
+        "flight (a request that finds the replica idle runs at once)",
     )
 
 

@@ -8,6 +8,7 @@ import http.server
 import io
 import socket
 import threading
+import time
 
 import pytest
 import requests
@@ -93,7 +94,7 @@ def server(ray_local, model_dir):
             "port": _free_port(),
             "api_key": API_KEY,
             "deployment": {"max_ongoing_requests": 8, "max_queued_requests": 8, "num_cpus": 0.5},
-            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.1},
+            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.5},
             "limits": {
                 "max_body_bytes": 1_000_000,
                 "max_image_bytes": 300_000,
@@ -245,6 +246,21 @@ def test_concurrent_requests_are_batched(client, server):
     # Greedy rows of one batch, each with its own budget: every answer extends the shorter ones.
     for short, long in zip(answers, answers[1:], strict=False):
         assert long.startswith(short)
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_window(client, server):
+    """The server's batch window is 0.5 s; a request that finds the replica idle runs at once
+    (the concurrent test above shows that requests in flight together still share batches)."""
+    window = server[1].batching.batch_wait_timeout_s
+    messages = [{"role": "user", "content": "Count the shapes."}]
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        client.chat.completions.create(
+            model="tiny-chat", messages=messages, max_tokens=1, temperature=0
+        )
+        times.append(time.perf_counter() - started)
+    assert sorted(times)[1] < window / 2, times
 
 
 def test_special_tokens_in_user_text_fail_no_one(client, reference):
