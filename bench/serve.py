@@ -3,9 +3,11 @@ request, and throughput at concurrency 1 vs 16.
 
 Latency: the same chat request (one image, greedy, fixed max_tokens) `--requests` times, one at a
 time, through (a) `ChatGenerator.generate` in this process and (b) HTTP -> Serve's proxy -> the
-replica. Overhead = p50(b) - p50(a). Throughput: `--load` requests with 1 and with 16 client
-threads. Both are measured with the spec's batch wait and with a zero wait (a lone request then
-runs at once; concurrent ones still batch while the previous batch generates).
+replica. Overhead = p50(b) - p50(a), split into Serve's own hop (p50 of `GET /health`: proxy ->
+replica -> back with no work) and the rest, our handler (intake, batching, response). Throughput:
+`--load` requests with 1 and with 16 client threads. Both are measured with the spec's batch wait
+and with a zero wait (a lone request runs at once either way: the window only applies while other
+requests are in flight).
 
     python bench/serve.py [--model DIR] [--requests 60] [--load 160] [--max-tokens 16]
 """
@@ -106,10 +108,16 @@ def main() -> None:
                 "limits": {"max_tokens": max(args.max_tokens, 16), "default_max_tokens": 16},
             }
         )
-        url = run(spec, blocking=False) + "/v1/chat/completions"
+        base = run(spec, blocking=False)
+        url = base + "/v1/chat/completions"
         session = requests.Session()
         for _ in range(5):  # warm-up
             session.post(url, json=body, timeout=60).raise_for_status()
+        hop = []
+        for _ in range(args.requests):
+            start = time.perf_counter()
+            session.get(base + "/health", timeout=60).raise_for_status()
+            hop.append(time.perf_counter() - start)
         served = []
         for _ in range(args.requests):
             start = time.perf_counter()
@@ -129,6 +137,7 @@ def main() -> None:
         results[wait] = {
             "p50": statistics.median(served),
             "p95": _percentile(served, 0.95),
+            "hop_p50": statistics.median(hop),
             "rps1": rps1,
             "rps16": rps16,
         }
@@ -137,13 +146,18 @@ def main() -> None:
 
     d50, d95 = statistics.median(direct), _percentile(direct, 0.95)
     print(f"one request: 1 image, {args.max_tokens} greedy tokens, {args.requests} times")
-    print(f"{'path':<40}{'p50 ms':>9}{'p95 ms':>9}{'overhead p50':>14}")
-    print(f"{'direct generate (in process)':<40}{d50 * 1e3:>9.1f}{d95 * 1e3:>9.1f}{'':>14}")
+    print(
+        f"{'path':<40}{'p50 ms':>9}{'p95 ms':>9}{'overhead p50':>14}"
+        f"{'Serve hop p50':>15}{'handler p50':>13}"
+    )
+    print(f"{'direct generate (in process)':<40}{d50 * 1e3:>9.1f}{d95 * 1e3:>9.1f}")
     for wait, r in results.items():
         label = f"Ray Serve HTTP, batch wait {wait * 1e3:.0f} ms"
+        overhead = r["p50"] - d50
         print(
             f"{label:<40}{r['p50'] * 1e3:>9.1f}{r['p95'] * 1e3:>9.1f}"
-            f"{(r['p50'] - d50) * 1e3:>11.1f} ms"
+            f"{overhead * 1e3:>11.1f} ms{r['hop_p50'] * 1e3:>12.1f} ms"
+            f"{(overhead - r['hop_p50']) * 1e3:>10.1f} ms"
         )
     print(f"\n{'throughput':<40}{'c=1 req/s':>11}{'c=16 req/s':>12}{'ratio':>8}")
     for wait, r in results.items():
