@@ -3,8 +3,10 @@ request, and throughput at concurrency 1 vs 16.
 
 Latency: the same chat request (one image, greedy, fixed max_tokens) `--requests` times, one at a
 time, through (a) `ChatGenerator.generate` in this process and (b) HTTP -> Serve's proxy -> the
-replica. Overhead = p50(b) - p50(a), split into Serve's own hop (p50 of `GET /health`: proxy ->
-replica -> back with no work) and the rest, our handler (intake, batching, response). Throughput:
+replica. Overhead = p50(b) - p50(a), next to Serve's own hop (p50 of `GET /health`: proxy ->
+replica -> back with no work). The replica's /stats medians then split a request's time: outside
+the route (Serve's proxy and request path, body included), in the route but not in `generate` (our
+handler: intake, batching, response), and `generate` itself in the replica against in process. Throughput:
 `--load` requests with 1 and with 16 client threads. Both are measured with the spec's batch wait
 and with a zero wait (a lone request runs at once either way: the window only applies while other
 requests are in flight).
@@ -123,6 +125,8 @@ def main() -> None:
             start = time.perf_counter()
             session.post(url, json=body, timeout=60).raise_for_status()
             served.append(time.perf_counter() - start)
+        # The replica's own medians over these requests: the route, and generate within it.
+        stats = session.get(base + "/stats", timeout=60).json()
 
         def load(concurrency: int, url: str = url) -> float:
             def one(_):
@@ -138,6 +142,8 @@ def main() -> None:
             "p50": statistics.median(served),
             "p95": _percentile(served, 0.95),
             "hop_p50": statistics.median(hop),
+            "route_p50": stats["handler_ms_p50"] / 1e3,
+            "replica_generate_p50": stats["generate_ms_p50"] / 1e3,
             "rps1": rps1,
             "rps16": rps16,
         }
@@ -158,6 +164,19 @@ def main() -> None:
             f"{label:<40}{r['p50'] * 1e3:>9.1f}{r['p95'] * 1e3:>9.1f}"
             f"{overhead * 1e3:>11.1f} ms{r['hop_p50'] * 1e3:>12.1f} ms"
             f"{(overhead - r['hop_p50']) * 1e3:>10.1f} ms"
+        )
+    print(
+        "\nwhere a lone request's time goes (p50 ms): outside the route = client - route (Serve's"
+        " proxy and request path); in the route but not in generate = our handler; generate in"
+        " the replica vs in this process"
+    )
+    print(f"{'':<40}{'outside route':>14}{'handler':>9}{'generate':>10}{'direct':>8}")
+    for wait, r in results.items():
+        label = f"batch wait {wait * 1e3:.0f} ms"
+        print(
+            f"{label:<40}{(r['p50'] - r['route_p50']) * 1e3:>14.1f}"
+            f"{(r['route_p50'] - r['replica_generate_p50']) * 1e3:>9.1f}"
+            f"{r['replica_generate_p50'] * 1e3:>10.1f}{d50 * 1e3:>8.1f}"
         )
     print(f"\n{'throughput':<40}{'c=1 req/s':>11}{'c=16 req/s':>12}{'ratio':>8}")
     for wait, r in results.items():

@@ -10,9 +10,10 @@ annotations.
 
 import asyncio
 import logging
+import statistics
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,8 @@ from pipelines.serve.spec import ServeSpec
 from stf_model.generation import ChatPrompt
 
 log = logging.getLogger(__name__)
+# How many recent requests (and batches) the timing medians in /stats cover.
+TIMING_WINDOW = 256
 
 api = FastAPI(title="LLaVA-STF", docs_url=None, redoc_url=None)
 
@@ -69,6 +72,10 @@ async def _bad_method(request: Request, _err) -> JSONResponse:
     return _error_response(APIError(405, message))
 
 
+def _median_ms(seconds: deque[float]) -> float | None:
+    return round(statistics.median(seconds) * 1e3, 3) if seconds else None
+
+
 def _drain(events: asyncio.Queue, item: Any, done: list[bool]) -> tuple[list[Any], bool]:
     """Merges ``item`` and every event already queued into one step: per row the text that
     arrived with its latest finish reason and token count, ``None`` for rows with no news, or
@@ -104,6 +111,9 @@ class ChatServer:
         self.batch_sizes: Counter[int] = Counter()
         self.requests = 0
         self.active = 0  # requests handed to the batcher and not finished
+        # Recent timings for /stats: where a request's time goes inside the replica.
+        self.handler_s: deque[float] = deque(maxlen=TIMING_WINDOW)  # non-streaming, whole route
+        self.generate_s: deque[float] = deque(maxlen=TIMING_WINDOW)  # per batch, generate alone
         self.created = int(time.time())
 
     # -- routes --
@@ -119,12 +129,20 @@ class ChatServer:
 
     @api.get("/stats")
     async def stats(self, request: Request) -> dict:
-        """This replica's counters: requests served and how many batches had each size."""
+        """This replica's counters: requests served, how many batches had each size, and the
+        median over recent requests of the route's time for a non-streaming request and of a
+        batch's ``generate`` (their difference is the handler's own share)."""
         self.intake.authorize(request.headers.get("authorization"))
-        return {"requests": self.requests, "batch_sizes": dict(sorted(self.batch_sizes.items()))}
+        return {
+            "requests": self.requests,
+            "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "handler_ms_p50": _median_ms(self.handler_s),
+            "generate_ms_p50": _median_ms(self.generate_s),
+        }
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
+        started = time.perf_counter()
         self.intake.authorize(request.headers.get("authorization"))
         body = await self.intake.read_body(request.headers.get("content-length"), request.stream())
         prompt, prompt_tokens = await self.intake.prompt(body)
@@ -137,9 +155,11 @@ class ChatServer:
         async for delta, reason, tokens in self._run(prompt):
             text += delta
             finish, completion_tokens = reason or finish, tokens
-        return protocol.completion_body(
+        answer = protocol.completion_body(
             completion_id, self.model_id, text, finish, prompt_tokens, completion_tokens
         )
+        self.handler_s.append(time.perf_counter() - started)
+        return answer
 
     # -- generation --
     async def _run(self, prompt: ChatPrompt) -> AsyncIterator[tuple[str, str | None, int]]:
@@ -173,7 +193,14 @@ class ChatServer:
         def on_delta(row: int, text: str, reason, tokens: int) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (row, text, reason, tokens))
 
-        work = loop.run_in_executor(None, self.generator.generate_each, prompts, on_delta)
+        def generate() -> list:
+            started = time.perf_counter()
+            try:
+                return self.generator.generate_each(prompts, on_delta)
+            finally:
+                self.generate_s.append(time.perf_counter() - started)
+
+        work = loop.run_in_executor(None, generate)
         work.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
         done = [False] * len(prompts)
         finished_thread = False

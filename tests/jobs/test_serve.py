@@ -243,6 +243,10 @@ def test_concurrent_requests_are_batched(client, server):
     sizes_after = {int(k): v for k, v in after.json()["batch_sizes"].items()}
     new = {k: sizes_after[k] - sizes_before.get(k, 0) for k in sizes_after}
     assert any(size > 1 and count > 0 for size, count in new.items()), new
+    # The timing medians over recent requests (non-streaming routes; batches' generate).
+    timings = after.json()
+    assert 0 < timings["generate_ms_p50"] < 60_000, timings
+    assert 0 < timings["handler_ms_p50"] < 60_000, timings
     # Greedy rows of one batch, each with its own budget: every answer extends the shorter ones.
     for short, long in zip(answers, answers[1:], strict=False):
         assert long.startswith(short)
