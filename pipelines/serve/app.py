@@ -111,9 +111,12 @@ class ChatServer:
         self.batch_sizes: Counter[int] = Counter()
         self.requests = 0
         self.active = 0  # requests handed to the batcher and not finished
-        # Recent timings for /stats: where a request's time goes inside the replica.
-        self.handler_s: deque[float] = deque(maxlen=TIMING_WINDOW)  # non-streaming, whole route
-        self.generate_s: deque[float] = deque(maxlen=TIMING_WINDOW)  # per batch, generate alone
+        # Recent timings for /stats, where a request's time goes inside the replica: reading the
+        # body (Serve fetches it from its proxy), the whole route of a non-streaming request, and
+        # each batch's generate.
+        self.timings: dict[str, deque[float]] = {
+            name: deque(maxlen=TIMING_WINDOW) for name in ("body", "handler", "generate")
+        }
         self.created = int(time.time())
 
     # -- routes --
@@ -129,15 +132,14 @@ class ChatServer:
 
     @api.get("/stats")
     async def stats(self, request: Request) -> dict:
-        """This replica's counters: requests served, how many batches had each size, and the
-        median over recent requests of the route's time for a non-streaming request and of a
-        batch's ``generate`` (their difference is the handler's own share)."""
+        """This replica's counters: requests served, how many batches had each size, and medians
+        over recent requests: reading the body, a non-streaming request's whole route, and a
+        batch's ``generate`` (route minus body minus generate is our handler's own share)."""
         self.intake.authorize(request.headers.get("authorization"))
         return {
             "requests": self.requests,
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
-            "handler_ms_p50": _median_ms(self.handler_s),
-            "generate_ms_p50": _median_ms(self.generate_s),
+            **{f"{name}_ms_p50": _median_ms(values) for name, values in self.timings.items()},
         }
 
     @api.post("/v1/chat/completions")
@@ -145,6 +147,7 @@ class ChatServer:
         started = time.perf_counter()
         self.intake.authorize(request.headers.get("authorization"))
         body = await self.intake.read_body(request.headers.get("content-length"), request.stream())
+        self.timings["body"].append(time.perf_counter() - started)
         prompt, prompt_tokens = await self.intake.prompt(body)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
@@ -158,7 +161,7 @@ class ChatServer:
         answer = protocol.completion_body(
             completion_id, self.model_id, text, finish, prompt_tokens, completion_tokens
         )
-        self.handler_s.append(time.perf_counter() - started)
+        self.timings["handler"].append(time.perf_counter() - started)
         return answer
 
     # -- generation --
@@ -198,7 +201,7 @@ class ChatServer:
             try:
                 return self.generator.generate_each(prompts, on_delta)
             finally:
-                self.generate_s.append(time.perf_counter() - started)
+                self.timings["generate"].append(time.perf_counter() - started)
 
         work = loop.run_in_executor(None, generate)
         work.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
