@@ -19,7 +19,7 @@ from pipelines.errors import InputError
 from pipelines.infer.rows import read_records
 from pipelines.infer.spec import InferSpec
 from pipelines.spec import InferenceModel, JobSpec, Location, StorageOptions
-from pipelines.storage import join
+from pipelines.storage import join, write_text
 from pipelines.synth import Baselines, CorpusInfo
 
 _ARTICLES = {"a", "an", "the"}
@@ -72,16 +72,20 @@ class EvalReport(Document):
     examples: list[Example]
 
 
+def is_correct(row: dict[str, Any]) -> bool:
+    """The row's prediction equals its answer once both are normalised (no prediction: wrong)."""
+    prediction = row.get("prediction")
+    return prediction is not None and normalize_answer(prediction) == normalize_answer(
+        str(row["answer"])
+    )
+
+
 def score(predictions: list[dict[str, Any]]) -> Score:
     """Accuracy overall and per ``question_type`` from rows with ``answer`` and ``prediction``
     (a row without a prediction, e.g. an unreadable image, counts as wrong)."""
     by_type: dict[str, list[bool]] = defaultdict(list)
     for row in predictions:
-        prediction = row.get("prediction")
-        hit = prediction is not None and normalize_answer(prediction) == normalize_answer(
-            str(row["answer"])
-        )
-        by_type[row.get("question_type") or "all"].append(hit)
+        by_type[row.get("question_type") or "all"].append(is_correct(row))
     hits = [h for values in by_type.values() for h in values]
     return Score(
         n=len(hits),
@@ -100,7 +104,9 @@ class EvalSpec(JobSpec):
     image_folder: Location | None = Field(
         None, description="where relative image paths resolve (default: the file's folder)"
     )
-    output: Location = Field(description="output directory (report.json, predictions/)")
+    output: Location = Field(
+        description="output directory (report.json, report.html, predictions/)"
+    )
     id_column: str = Field("question_id")
     image_column: str = Field("image")
     question_column: str = Field("text")
@@ -143,7 +149,9 @@ class EvalSpec(JobSpec):
 
 
 def run(spec: EvalSpec) -> EvalReport:
-    """Answers every question (resuming an interrupted run), scores, writes ``report.json``."""
+    """Answers every question (resuming an interrupted run), scores, writes ``report.json`` and
+    ``report.html``."""
+    from pipelines.eval_report import render_report
     from pipelines.infer.job import read_output  # the driver imports Ray; the spec must not
     from pipelines.infer.job import run as run_inference
 
@@ -163,6 +171,7 @@ def run(spec: EvalSpec) -> EvalReport:
                 "answer": str(record[spec.answer_column]),
                 "question_type": record.get(spec.type_column),
                 "prediction": answers[key]["answer"],
+                "image": answers[key]["image"],
             }
         )
     corpus = CorpusInfo.read(join(posixpath.dirname(spec.questions), "synth.json"), spec.storage)
@@ -177,6 +186,10 @@ def run(spec: EvalSpec) -> EvalReport:
         ],
     )
     report.write(join(spec.output, "report.json"), spec.storage)
+    for row in rows:
+        row["correct"] = is_correct(row)
+    page = render_report(report, rows, spec.storage)
+    write_text(join(spec.output, "report.html"), page, spec.storage)
     return report
 
 
@@ -189,4 +202,4 @@ def summary_line(spec: EvalSpec, report: EvalReport) -> str:
     if report.baselines is not None:
         b = report.baselines
         line += f"; chance {b.chance:.1%}, majority answer {b.majority:.1%}"
-    return line
+    return line + f"\nreport: {join(spec.output, 'report.html')}"

@@ -150,6 +150,8 @@ class Baselines(BaseModel):
 
     chance: float = Field(description="uniform guessing within each question type's answers")
     majority: float = Field(description="always the type's most common training answer")
+    chance_by_type: dict[str, float] = Field(default_factory=dict, description="per type")
+    majority_by_type: dict[str, float] = Field(default_factory=dict, description="per type")
 
 
 class CorpusInfo(Document):
@@ -276,7 +278,18 @@ def eval_baselines(evaluation: list[dict], train_answers: dict[str, Counter]) ->
     of always giving the type's most common training answer."""
     if not evaluation:
         return Baselines(chance=0.0, majority=0.0)
-    chance = sum(1 / len(ANSWERS[q["question_type"]]) for q in evaluation) / len(evaluation)
     majority = {t: c.most_common(1)[0][0] if c else None for t, c in train_answers.items()}
-    hits = sum(q["answer"] == majority[q["question_type"]] for q in evaluation)
-    return Baselines(chance=round(chance, 4), majority=round(hits / len(evaluation), 4))
+    chance_of = {q["question_id"]: 1 / len(ANSWERS[q["question_type"]]) for q in evaluation}
+    hit_of = {q["question_id"]: q["answer"] == majority[q["question_type"]] for q in evaluation}
+
+    def mean(values: list[float]) -> float:
+        return round(sum(values) / len(values), 4)
+
+    types = sorted({q["question_type"] for q in evaluation})
+    of_type = {t: [q["question_id"] for q in evaluation if q["question_type"] == t] for t in types}
+    return Baselines(
+        chance=mean(list(chance_of.values())),
+        majority=mean([float(h) for h in hit_of.values()]),
+        chance_by_type={t: mean([chance_of[i] for i in ids]) for t, ids in of_type.items()},
+        majority_by_type={t: mean([float(hit_of[i]) for i in ids]) for t, ids in of_type.items()},
+    )

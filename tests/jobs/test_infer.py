@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from jobkill import kill_cli_job_when
 from PIL import Image
+from report_page import read_page
 
 from pipelines.evaluate import EvalSpec, normalize_answer, score, summary_line
 from pipelines.evaluate import run as run_eval
@@ -207,8 +208,16 @@ def test_eval_on_the_synthetic_split_reports_accuracy(ray_local, model_dir, tmp_
     }
     assert set(report.by_type) == types
     assert report.baselines is not None and 0 < report.baselines.chance < 1
-    assert json.loads((tmp_path / "eval" / "report.json").read_text())["n"] == 12
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert saved["n"] == 12
+    page = read_page((tmp_path / "eval" / "report.html").read_text())
+    assert page.values[("accuracy", "all")] == saved["accuracy"]
+    for kind, accuracy in saved["by_type"].items():
+        assert page.values[("accuracy", kind)] == accuracy
+    assert page.values[("chance", "all")] == saved["baselines"]["chance"]
+    assert len(page.rows) == 12 and len(page.images) == 12  # every eval image, embedded
     assert summary_line(spec, report).startswith("eval: accuracy ")
+    assert summary_line(spec, report).endswith(str(tmp_path / "eval" / "report.html"))
 
 
 def test_infer_from_and_to_s3(ray_local, s3_server, model_dir, tmp_path):
