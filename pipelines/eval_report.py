@@ -103,12 +103,17 @@ def _chart(report: Any) -> str:
         svg.append(
             f"<rect x='{label_px}' y='{y}' width='{width:.1f}' height='{BAR_PX}' fill='#3b6fb6'/>"
         )
-        svg.append(
-            f"<text x='{label_px + width + 6:.1f}' y='{y + BAR_PX * 0.7}'>{accuracy:.1%}</text>"
-        )
+        chance = majority = None
         if b:
             chance = b.chance if kind == "all" else b.chance_by_type.get(kind)
             majority = b.majority if kind == "all" else b.majority_by_type.get(kind)
+        # The label goes right of the bar and of its ticks, so a short bar's label stays readable.
+        right = max(v for v in (accuracy, chance, majority) if v is not None) * scale
+        svg.append(
+            f"<text x='{label_px + max(right, width) + 8:.1f}' y='{y + BAR_PX * 0.7}'>"
+            f"{accuracy:.1%}</text>"
+        )
+        if b:
             for value, colour in ((chance, "#999"), (majority, "#e08a00")):
                 if value is not None:
                     x = label_px + value * scale
