@@ -96,7 +96,7 @@ def run(spec: InferSpec) -> InferSummary:
     todo = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=done_ids)))
     log.info("%d rows: %d already written, %d to do", len(rows), len(done), len(todo))
     if len(todo):
-        _generate(spec, todo)
+        _generate(spec, todo, total=len(rows), already_done=len(rows) - len(todo))
     output = read_output(spec, repair=True)
     written = set(output.column("id").to_pylist())
     missing = [i for i in rows.column("id").to_pylist() if i not in written]
@@ -133,11 +133,12 @@ def summary_line(spec: InferSpec, summary: InferSummary) -> str:
     )
 
 
-def _generate(spec: InferSpec, todo: pa.Table) -> None:
-    """Answers ``todo`` (see :func:`_answer_all`), giving up after ``schedule_timeout_s`` when
-    the replicas cannot start."""
+def _generate(spec: InferSpec, todo: pa.Table, total: int, already_done: int) -> None:
+    """Answers ``todo`` (see :func:`_answer_all`) under a progress bar, giving up after
+    ``schedule_timeout_s`` when the replicas cannot start."""
     import ray
 
+    from pipelines.infer.progress import InferProgress
     from pipelines.ray_env import ResourceAsk, gave_up, init_ray, require_resources
 
     init_ray()
@@ -150,15 +151,17 @@ def _generate(spec: InferSpec, todo: pa.Table) -> None:
     context = ray.data.DataContext.get_current()
     previous, context.wait_for_min_actors_s = context.wait_for_min_actors_s, spec.schedule_timeout_s
     try:
-        _answer_all(spec, todo)
+        with InferProgress(total, already_done) as progress:
+            _answer_all(spec, todo, progress.counter)
     except ray.exceptions.GetTimeoutError as err:  # the replicas did not start in time
         raise gave_up(ask) from err
     finally:
         context.wait_for_min_actors_s = previous
 
 
-def _answer_all(spec: InferSpec, todo: pa.Table) -> None:
-    """Answers ``todo`` through the actor pool, one Parquet file per block under ``parts/``."""
+def _answer_all(spec: InferSpec, todo: pa.Table, progress: Any) -> None:
+    """Answers ``todo`` through the actor pool, one Parquet file per block under ``parts/``;
+    the replicas report their counts to ``progress`` (a :class:`RowCounter` handle)."""
     import ray
 
     per_block = min(
@@ -167,7 +170,7 @@ def _answer_all(spec: InferSpec, todo: pa.Table) -> None:
     blocks = [todo.slice(i, per_block) for i in range(0, len(todo), per_block)]
     dataset = ray.data.from_arrow(blocks).map_batches(
         Answerer,
-        fn_constructor_kwargs={"spec": spec},
+        fn_constructor_kwargs={"spec": spec, "progress": progress},
         batch_size=spec.batch_size,
         batch_format="numpy",
         concurrency=spec.concurrency,

@@ -33,8 +33,9 @@ OUTPUT_SCHEMA = pa.schema(
 class Answerer:
     """The map stage's callable class (one instance per actor)."""
 
-    def __init__(self, spec: InferSpec):
+    def __init__(self, spec: InferSpec, progress: Any = None):
         self.spec = spec
+        self.progress = progress  # a RowCounter handle (pipelines.infer.progress), or None
         self.generator = load_generator(spec.model, spec.storage)
         self.params = SamplingParams(spec.max_new_tokens, spec.temperature, spec.top_p)
 
@@ -69,6 +70,8 @@ class Answerer:
             out["completion_tokens"].append(done.completion_tokens if done else None)
             out["error"].append(errors.get(row))
             out["model_id"].append(self.spec.served_model_id)
+        if self.progress is not None:
+            self.progress.add.remote(len(ids), len(errors))
         return out
 
     def _messages(self, text: str) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -53,7 +54,7 @@ def _spec(model_dir, inputs, output, **extra) -> InferSpec:
     )
 
 
-def test_folder_with_broken_images_gives_error_rows(ray_local, model_dir, tmp_path):
+def test_folder_with_broken_images_gives_error_rows(ray_local, model_dir, tmp_path, capfd):
     from pipelines.models import load_generator
     from pipelines.spec import InferenceModel, StorageOptions
     from stf_model.generation import ChatPrompt, SamplingParams
@@ -69,6 +70,9 @@ def test_folder_with_broken_images_gives_error_rows(ray_local, model_dir, tmp_pa
     summary = run_infer(spec)
     assert summary.rows == 11 and summary.answered == 9 and summary.errors == 2
     assert summary.errors_by_reason == {"image_undecodable": 1, "image_truncated": 1}
+    # The driver's progress bar ends at every row, with their rate and the error rows.
+    bars = re.findall(r"infer: [^\r\n]*", capfd.readouterr().err)
+    assert bars and re.search(r"100%.* 11/11 \[.*row/s, errors=2\]", bars[-1]), bars[-3:]
     output = {r["id"]: r for r in read_output(spec).to_pylist()}
     assert set(output) == {str(p.relative_to(images)) for p in good} | {"broken.png", "cut.jpg"}
     assert (
