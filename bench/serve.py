@@ -7,10 +7,9 @@ replica. Overhead = p50(b) - p50(a), next to Serve's own hop (p50 of `GET /healt
 replica -> back with no work). The replica's /stats medians then split a request's time: Serve's
 share (outside our route, plus reading the body, which the replica fetches back from the proxy),
 ours (the rest of the route but `generate`: intake, batching, response), and `generate` itself in
-the replica against in process. Throughput:
-`--load` requests with 1 and with 16 client threads. Both are measured with the spec's batch wait
-and with a zero wait (a lone request runs at once either way: the window only applies while other
-requests are in flight).
+the replica against in process. Throughput: `--load` requests with 1 and with 16 client threads.
+Both are measured with the spec's batch wait and with a zero wait (a lone request runs at once
+either way: the window only applies while other requests are in flight).
 
     python bench/serve.py [--model DIR] [--requests 60] [--load 160] [--max-tokens 16]
 """

@@ -5,47 +5,22 @@ retries and with the retries our storage options set (`storage.max_attempts`, de
     python bench/storage_outage.py [--outages 5 20 40]
 
 Prints, per outage, the seconds until the PUT succeeded or gave up. The relay is the one the fault
-tests use (tests/jobs/outage.py).
+tests use (tests/jobs/outage.py), in front of the same moto server (tests/jobs/moto_s3.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "jobs"))
 
+from moto_s3 import running_moto  # noqa: E402
 from outage import S3Outage  # noqa: E402
-
-
-def _moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            return proc, endpoint
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
 
 
 def put_through_outage(endpoint: str, seconds: float, options: dict) -> tuple[bool, float]:
@@ -75,8 +50,7 @@ def main() -> None:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     keys = {"key": "testing", "secret": "testing"}
     ours = StorageOptions().s3fs_options()["config_kwargs"]
-    proc, endpoint = _moto()
-    try:
+    with running_moto() as endpoint:
         print(f"{'outage':>8}{'botocore defaults':>24}{'storage options':>24}")
         for seconds in args.outages:
             cells = []
@@ -84,8 +58,6 @@ def main() -> None:
                 ok, took = put_through_outage(endpoint, seconds, {**keys, **options})
                 cells.append(f"{'ok' if ok else 'gave up'} after {took:5.1f} s")
             print(f"{seconds:>6.0f} s{cells[0]:>24}{cells[1]:>24}")
-    finally:
-        proc.terminate()
 
 
 if __name__ == "__main__":

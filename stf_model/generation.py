@@ -340,10 +340,4 @@ class ChatGenerator:
         return results
 
 
-__all__ = [
-    "ChatGenerator",
-    "ChatPrompt",
-    "Completion",
-    "RowwiseSampling",
-    "SamplingParams",
-]
+__all__ = ["ChatGenerator", "ChatPrompt", "Completion", "RowwiseSampling", "SamplingParams"]

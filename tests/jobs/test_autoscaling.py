@@ -13,12 +13,12 @@ refuses to run next to another Ray in the same session.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import threading
 import time
 
 import pytest
+from run_metrics import losses_by_step, metrics_rows
 
 pytestmark = pytest.mark.slow
 STEPS = 12
@@ -147,9 +147,7 @@ def _spec(shards: str, name: str):
 
 
 def _losses(spec) -> dict[int, str]:
-    """Each step's loss; a step re-run after a restore counts with its last row."""
-    with open(os.path.join(spec.run_dir, "metrics.csv")) as f:
-        return {int(r["step"]): r["loss"] for r in csv.DictReader(f)}
+    return losses_by_step(metrics_rows(spec.run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +215,7 @@ def test_a_worker_node_removed_mid_run_is_replaced_and_the_run_finishes(
     assert removed, "never saw the run past its first checkpoint"
     thread.join(timeout=420)
     assert not thread.is_alive() and result["metrics"]["step"] == STEPS
-    with open(path) as f:
-        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    steps = [int(r["step"]) for r in metrics_rows(spec.run_dir)]
     assert len(steps) > STEPS  # the steps since the checkpoint ran again
     assert _losses(spec) == _losses(uninterrupted[0])
     assert _gpu_node_ids(cluster) - before, "no replacement node joined"

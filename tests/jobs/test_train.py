@@ -15,6 +15,7 @@ import yaml
 from jobkill import kill_cli_job_when
 from outage import S3Outage
 from PIL import Image
+from run_metrics import losses_by_step, metrics_rows
 
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
@@ -70,20 +71,14 @@ def _lines(path):
 
 
 def metrics(spec):
-    with open(os.path.join(spec.run_dir, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
-
-
-def losses_by_step(spec) -> dict[int, str]:
-    """Each step's loss as written; a step re-run after a restore counts with its last row."""
-    return {int(r["step"]): r["loss"] for r in metrics(spec)}
+    return metrics_rows(spec.run_dir)
 
 
 def assert_same_trajectory(spec, reference) -> None:
     """The run's loss at every step equals, to the bit, that of ``reference``: an uninterrupted
     run of the same data and settings. Any row skipped or seen twice after a restore would
     change the weights and every loss from there on."""
-    assert losses_by_step(spec) == losses_by_step(reference)
+    assert losses_by_step(metrics(spec)) == losses_by_step(metrics(reference))
 
 
 def pretrain(tmp_path, shards, zero_stage):
@@ -317,7 +312,7 @@ def test_s3_going_away_mid_checkpoint_is_ridden_out(shards, pretrained, s3_serve
     assert summary.metrics["step"] == 12
     with direct.open("outage/runs/s3/metrics.csv", "r") as f:
         rows = list(csv.DictReader(f))
-    assert {int(r["step"]): r["loss"] for r in rows} == losses_by_step(pretrained[0])
+    assert losses_by_step(rows) == losses_by_step(metrics(pretrained[0]))
     assert direct.exists("outage/runs/s3/model/model.safetensors")
     direct.rm("outage", recursive=True)
 
