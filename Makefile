@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install test test-lib test-slow test-gpu demo lint format bench bench-scale bench-token-budget clean
+.PHONY: install test test-lib test-slow test-gpu demo serve lint format bench bench-scale bench-token-budget clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ demo: install
 	$(PY) -m pipelines.cli train examples/train-pretrain.yaml
 	$(PY) -m pipelines.cli train examples/train-finetune.yaml
 	$(PY) -m pipelines.cli eval examples/eval-demo.yaml
+	@$(PY) examples/demo_next.py examples/eval-demo.yaml examples/serve-local.yaml
+
+# The demo's model behind the OpenAI API and the chat page (http://127.0.0.1:8000/); Ctrl-C stops.
+serve: install
+	$(PY) -m pipelines.cli serve examples/serve-local.yaml
 
 lint: install
 	$(PY) -m ruff check .

@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 
 from pipelines.models import load_generator
 from pipelines.serve import protocol
 from pipelines.serve.intake import Intake
+from pipelines.serve.page import chat_page
 from pipelines.serve.protocol import APIError
 from pipelines.serve.spec import ServeSpec
 from stf_model.generation import ChatPrompt
@@ -106,6 +107,8 @@ class ChatServer:
         max_context = self.generator.model.config.text_config.max_position_embeddings
         self.intake = Intake(spec, self.generator, max_context)
         self.model_id = self.intake.model_id
+        self.chat_page = chat_page() if spec.ui else None
+        self.image_tokens = self.generator.model.config.num_image_tokens
         self._generate_batch.set_max_batch_size(spec.batching.max_batch_size)
         self.batch_wait_s = spec.batching.batch_wait_timeout_s
         self.batch_sizes: Counter[int] = Counter()
@@ -120,6 +123,16 @@ class ChatServer:
         self.created = int(time.time())
 
     # -- routes --
+    @api.get("/")
+    async def index(self) -> HTMLResponse:
+        """The chat page (no key needed to load it: it holds nothing, and its API calls carry
+        the key the user types, like any client's)."""
+        if self.chat_page is None:
+            raise APIError(
+                404, "this server has no chat page (ui: false); the API is at /v1", code="not_found"
+            )
+        return HTMLResponse(self.chat_page.html, headers=self.chat_page.headers)
+
     @api.get("/health")
     async def health(self) -> dict:
         return {"status": "ok", "model": self.model_id}
@@ -158,8 +171,15 @@ class ChatServer:
         async for delta, reason, tokens in self._run(prompt):
             text += delta
             finish, completion_tokens = reason or finish, tokens
+        image_tokens = len(prompt.images) * self.image_tokens
         answer = protocol.completion_body(
-            completion_id, self.model_id, text, finish, prompt_tokens, completion_tokens
+            completion_id,
+            self.model_id,
+            text,
+            finish,
+            prompt_tokens,
+            completion_tokens,
+            image_tokens,
         )
         self.timings["handler"].append(time.perf_counter() - started)
         return answer
@@ -245,5 +265,6 @@ class ChatServer:
             log.exception("generation failed")
             yield protocol.sse_error(str(err))
         if include_usage:
-            yield chunk({}, None, protocol.usage(prompt_tokens, completion_tokens))
+            image_tokens = len(prompt.images) * self.image_tokens
+            yield chunk({}, None, protocol.usage(prompt_tokens, completion_tokens, image_tokens))
         yield protocol.SSE_DONE

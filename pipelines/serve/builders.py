@@ -62,7 +62,7 @@ def run(spec: ServeSpec, blocking: bool = True) -> str:
     replicas = deployment.initial_replicas()
     ask = ResourceAsk("stf serve", replicas, "replicas", each, deployment.schedule_timeout_s)
     require_resources(ask)
-    url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
+    url = spec.url
     if not blocking:
         _deploy(spec, ask)
         return url
@@ -81,7 +81,8 @@ def run(spec: ServeSpec, blocking: bool = True) -> str:
     try:
         _deploy(spec, ask, stop)
         if not stop.is_set():
-            log.info("serving at %s/v1", url)
+            page = f"; the chat page is at {url}/" if spec.ui else ""
+            log.info("serving the API at %s/v1%s", url, page)
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:

@@ -117,16 +117,25 @@ def validation_error(err: ValidationError) -> APIError:
 # ---- responses ---------------------------------------------------------------------------------
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, image_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt_tokens_details.image_tokens`` says how many of the prompt's
+    tokens are vision tokens (OpenAI's details object names its parts ``*_tokens`` likewise)."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"image_tokens": image_tokens},
     }
 
 
 def completion_body(
-    completion_id: str, model_id: str, text: str, finish: str, prompt_tokens: int, tokens: int
+    completion_id: str,
+    model_id: str,
+    text: str,
+    finish: str,
+    prompt_tokens: int,
+    tokens: int,
+    image_tokens: int = 0,
 ) -> dict[str, Any]:
     """A whole ``chat.completion`` response."""
     choice = {
@@ -140,7 +149,7 @@ def completion_body(
         "created": int(time.time()),
         "model": model_id,
         "choices": [choice],
-        "usage": usage(prompt_tokens, tokens),
+        "usage": usage(prompt_tokens, tokens, image_tokens),
     }
 
 

@@ -113,6 +113,11 @@ class ServeSpec(JobSpec):
     host: str = Field("127.0.0.1", description="HTTP host Serve's proxy binds (0.0.0.0 to expose)")
     port: PositiveInt = Field(8000, description="HTTP port")
     route_prefix: str = Field("/", description="URL prefix of the API")
+    ui: bool = Field(
+        True,
+        description="serve the chat page at the route prefix (false: the API only, as for a "
+        "RayService behind another front end)",
+    )
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     batching: BatchingOptions = Field(default_factory=BatchingOptions)
     limits: RequestLimits = Field(default_factory=RequestLimits)
@@ -135,6 +140,14 @@ class ServeSpec(JobSpec):
                 f"batching.max_batch_size ({self.batching.max_batch_size}): batches could never fill"
             )
         return self
+
+    @property
+    def url(self) -> str:
+        """Where the server answers on this machine: the chat page, with ``/v1`` after it the API
+        (a server bound to every interface is reached through loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}{self.route_prefix.rstrip('/')}"
 
     @property
     def served_model_id(self) -> str:

@@ -39,3 +39,40 @@ def s3_server():
 
     with running_moto() as endpoint:
         yield endpoint
+
+
+def pytest_collection_modifyitems(config, items):
+    """Starts installing Chromium in the background when a browser test is going to run."""
+    if any("browser" in item.fixturenames for item in items):
+        from browser import start_chromium_install
+
+        start_chromium_install()
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """A headless Chromium driven by Selenium for the session; the tests that use it skip, with
+    the reason, where Chromium cannot be installed."""
+    from browser import open_chromium, wait_for_chromium
+
+    found = wait_for_chromium()
+    if isinstance(found, str):
+        pytest.skip(found)
+    session = open_chromium(*found, downloads=str(tmp_path_factory.mktemp("downloads")))
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory):
+    """Where browser tests save their screenshots: $STF_SCREENSHOT_DIR (to refresh the README's
+    pictures) or a temporary folder."""
+    from pathlib import Path
+
+    folder = os.environ.get("STF_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return Path(folder)
+    return tmp_path_factory.mktemp("screenshots")

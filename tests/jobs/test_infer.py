@@ -193,7 +193,10 @@ def test_killed_run_resumes_and_writes_each_id_once(ray_local, model_dir, tmp_pa
     assert len(ids) == len(set(ids)) == 48
 
 
-def test_eval_on_the_synthetic_split_reports_accuracy(ray_local, model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def eval_run(ray_local, model_dir, tmp_path_factory):
+    """One `stf eval` on a 12-question synthetic split: (spec, report, its folder)."""
+    tmp_path = tmp_path_factory.mktemp("eval")
     write_corpus(tmp_path / "corpus", n=4, n_eval=12)
     spec = EvalSpec.model_validate(
         {
@@ -204,7 +207,11 @@ def test_eval_on_the_synthetic_split_reports_accuracy(ray_local, model_dir, tmp_
             "batch_size": 8,
         }
     )
-    report = run_eval(spec)
+    return spec, run_eval(spec), tmp_path
+
+
+def test_eval_on_the_synthetic_split_reports_accuracy(eval_run):
+    spec, report, tmp_path = eval_run
     assert report.n == 12 and 0.0 <= report.accuracy <= 1.0 and report.errors == 0
     types = {
         json.loads(line)["question_type"]
@@ -222,6 +229,39 @@ def test_eval_on_the_synthetic_split_reports_accuracy(ray_local, model_dir, tmp_
     assert len(page.rows) == 12 and len(page.images) == 12  # every eval image, embedded
     assert summary_line(spec, report).startswith("eval: accuracy ")
     assert summary_line(spec, report).endswith(str(tmp_path / "eval" / "report.html"))
+
+
+def test_report_html_in_chromium(eval_run, browser, screenshots):
+    """report.html opened from disk in a real browser: the numbers it shows are report.json's,
+    every thumbnail decodes, and the chart draws one bar per question type and one overall."""
+    from selenium.webdriver.common.by import By
+
+    _, _, tmp_path = eval_run
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    browser.get((tmp_path / "eval" / "report.html").as_uri())
+    shown = {
+        (cell.get_attribute("class"), cell.get_attribute("data-type")): cell.text
+        for cell in browser.find_elements(By.CSS_SELECTOR, "td[data-value]")
+    }
+    assert shown[("accuracy", "all")] == f"{saved['accuracy']:.1%}"
+    for kind, accuracy in saved["by_type"].items():
+        assert shown[("accuracy", kind)] == f"{accuracy:.1%}"
+        assert shown[("chance", kind)] == f"{saved['baselines']['chance_by_type'][kind]:.1%}"
+        assert shown[("majority", kind)] == f"{saved['baselines']['majority_by_type'][kind]:.1%}"
+    rows = browser.find_elements(
+        By.CSS_SELECTOR, "table.examples tr.right, table.examples tr.wrong"
+    )
+    assert len(rows) == saved["n"] == 12
+    decoded = browser.execute_script(
+        "return [...document.images].map(i => i.complete && i.naturalWidth > 0)"
+    )
+    assert len(decoded) == 12 and all(decoded)
+    labels = browser.execute_script(  # the chart's rows as drawn: type name, then its bar
+        "return [...document.querySelectorAll('svg rect')].map(r => [r.previousElementSibling"
+        ".textContent, r.getBBox().width > 0, r.getBBox().height > 0])"
+    )
+    assert labels == [[kind, True, True] for kind in ["all", *saved["by_type"]]]
+    browser.save_screenshot(str(screenshots / "eval_report.png"))
 
 
 def test_infer_from_and_to_s3(ray_local, s3_server, model_dir, tmp_path):

@@ -6,10 +6,12 @@ import base64
 import concurrent.futures
 import http.server
 import io
+import re
 import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -92,6 +94,7 @@ def server(ray_local, model_dir):
         {
             "model": {"path": model_dir},
             "port": _free_port(),
+            "route_prefix": "/team/stf",  # every URL below, the chat page's included, is under it
             "api_key": API_KEY,
             "deployment": {"max_ongoing_requests": 8, "max_queued_requests": 8, "num_cpus": 0.5},
             "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.5},
@@ -168,6 +171,7 @@ def test_chat_with_image_matches_in_process_generation(client, reference):
     )
     assert reply.usage.prompt_tokens == expected.prompt_tokens  # 36 image tokens included
     assert reply.usage.prompt_tokens > 36
+    assert reply.usage.prompt_tokens_details.image_tokens == 36  # 6x6 tokens after STF
     assert reply.usage.completion_tokens == expected.completion_tokens
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
@@ -298,6 +302,7 @@ def test_remote_image_from_an_allowed_host(client, image_host):
         model="tiny-chat", messages=_image_message(image_host), max_tokens=4, temperature=0
     )
     assert reply.usage.prompt_tokens > 36
+    assert reply.usage.prompt_tokens_details.image_tokens == 36  # 6x6 tokens after STF
 
 
 def _error_cases(image_host_url: str) -> list[tuple[str, dict | None, bytes | None, int]]:
@@ -442,6 +447,104 @@ def test_bounded_load_without_server_errors(server, client):
         model="tiny-chat", messages=body["messages"], max_tokens=4
     )
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_the_chat_page_is_one_self_contained_page(server):
+    url, _ = server
+    page = requests.get(f"{url}/", timeout=10)  # no key needed for the page itself
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    # Everything inline: no file, script, style or font from anywhere, this server included.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text)
+    assert "<script src" not in page.text and "<link" not in page.text
+    assert "/*chat.js*/" not in page.text and "/*chat.css*/" not in page.text
+
+
+def _wait(browser, condition, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: condition())
+
+
+def _ask_on_page(browser, question: str, image_path=None):
+    """Attaches an image (if any), asks, and returns the new turn when it has finished: the
+    answer's text and meta line for an answer, or the refusal shown under the question."""
+    from selenium.webdriver.common.by import By
+
+    turns = len(browser.find_elements(By.CSS_SELECTOR, ".turn"))
+    if image_path is not None:
+        browser.find_element(By.ID, "file").send_keys(str(image_path))
+        _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".attachment img"))
+    box = browser.find_element(By.ID, "question")
+    box.clear()
+    box.send_keys(question)
+    browser.find_element(By.ID, "send").click()
+
+    def finished():
+        new = browser.find_elements(By.CSS_SELECTOR, ".turn")[turns:]
+        done = [e for t in new for e in t.find_elements(By.CSS_SELECTOR, ".meta, .error")]
+        return done and not browser.find_element(By.ID, "send").get_property("disabled")
+
+    _wait(browser, finished)
+    new = browser.find_elements(By.CSS_SELECTOR, ".turn")[turns:]
+    error = [e.text for t in new for e in t.find_elements(By.CSS_SELECTOR, ".error")]
+    if error:
+        return {"error": error[0]}
+    answer = new[-1]
+    return {
+        "text": answer.find_element(By.CSS_SELECTOR, ".text").get_property("textContent"),
+        "meta": answer.find_element(By.CSS_SELECTOR, ".meta").text,
+    }
+
+
+def test_the_chat_page_in_chromium(server, client, browser, screenshots, tmp_path):
+    """The page as a user drives it: the key field (this server has a key), an uploaded image,
+    two turns whose streamed answers equal the API's greedy answers, and a 413 shown as a message."""
+    from selenium.webdriver.common.by import By
+
+    url, spec = server
+    browser.get(f"{url}/")
+    key_row = browser.find_element(By.ID, "key-row")
+    _wait(browser, key_row.is_displayed)  # the page found that the server wants a key
+    assert "401" in browser.find_element(By.ID, "notice").text
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+    browser.find_element(By.ID, "use-key").click()
+    _wait(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
+    browser.find_element(By.CSS_SELECTOR, ".settings summary").click()  # open "Sampling"
+    browser.find_element(By.ID, "max-tokens").send_keys("12")  # temperature is 0 by default
+
+    image = tmp_path / "red.png"
+    image.write_bytes(_png(color=(220, 40, 40)))
+    first = _ask_on_page(browser, "What color is the shape?", image)
+    # What the page sends: the image part first, then the text, the image's bytes unchanged.
+    messages = _image_message(_data_url(image.read_bytes()), "What color is the shape?")
+    api = client.chat.completions.create(
+        model="tiny-chat", messages=messages, max_tokens=12, temperature=0
+    )
+    assert first.get("text") == api.choices[0].message.content, first
+    usage = api.usage
+    assert f"prompt {usage.prompt_tokens} tokens (36 vision)" in first["meta"]
+    assert f"answer {usage.completion_tokens} tokens" in first["meta"]
+
+    second = _ask_on_page(browser, "And where is it?")  # the history goes with it
+    messages += [
+        {"role": "assistant", "content": first["text"]},
+        {"role": "user", "content": "And where is it?"},
+    ]
+    api = client.chat.completions.create(
+        model="tiny-chat", messages=messages, max_tokens=12, temperature=0
+    )
+    assert second.get("text") == api.choices[0].message.content, second
+    browser.save_screenshot(str(screenshots / "chat_page.png"))
+
+    noise = tmp_path / "noise.png"  # random pixels: a PNG over the server's 300 kB image limit
+    Image.frombytes("RGB", (400, 400), np.random.default_rng(0).bytes(480_000)).save(noise)
+    assert noise.stat().st_size > spec.limits.max_image_bytes
+    refused = _ask_on_page(browser, "And this one?", noise)
+    assert refused.get("error", "").startswith("413"), refused
+    assert "limit" in refused["error"]
+    browser.save_screenshot(str(screenshots / "chat_page_413.png"))
 
 
 def test_spec_checks():

@@ -21,7 +21,7 @@ def test_stf_serve_command_serves_until_interrupted(ray_local, tmp_path):
     spec = tmp_path / "serve.yaml"
     spec.write_text(
         f"model:\n  path: {tmp_path / 'model'}\nmodel_id: cli-model\nport: {port}\n"
-        "deployment:\n  num_cpus: 0.5\n"
+        "ui: false\ndeployment:\n  num_cpus: 0.5\n"
     )
     env = {**os.environ, "RAY_ADDRESS": ray_local}
     proc = subprocess.Popen(
@@ -45,6 +45,8 @@ def test_stf_serve_command_serves_until_interrupted(ray_local, tmp_path):
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
         reply = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60)
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
+        page = requests.get(f"http://127.0.0.1:{port}/", timeout=10)  # API only: no chat page
+        assert page.status_code == 404 and "ui: false" in page.json()["error"]["message"]
         proc.send_signal(signal.SIGINT)
         try:
             code = proc.wait(timeout=60)
