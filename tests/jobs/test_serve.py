@@ -467,6 +467,21 @@ def _wait(browser, condition, timeout=60):
     return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: condition())
 
 
+# The turns after the first N, read in one step in the page (the page may remove a turn between
+# two WebDriver calls): null while an answer is still coming, else its text and meta line, or the
+# refusal shown under the question.
+_FINISHED_TURN = """
+const turns = [...document.querySelectorAll('.turn')].slice(arguments[0]);
+if (document.getElementById('send').disabled) return null;
+const error = turns.map(t => t.querySelector('.error')).find(e => e);
+if (error) return {error: error.textContent};
+const answer = turns.find(t => t.classList.contains('assistant') && t.querySelector('.meta'));
+if (!answer) return null;
+return {text: answer.querySelector('.text').textContent,
+        meta: answer.querySelector('.meta').textContent};
+"""
+
+
 def _ask_on_page(browser, question: str, image_path=None):
     """Attaches an image (if any), asks, and returns the new turn when it has finished: the
     answer's text and meta line for an answer, or the refusal shown under the question."""
@@ -480,22 +495,7 @@ def _ask_on_page(browser, question: str, image_path=None):
     box.clear()
     box.send_keys(question)
     browser.find_element(By.ID, "send").click()
-
-    def finished():
-        new = browser.find_elements(By.CSS_SELECTOR, ".turn")[turns:]
-        done = [e for t in new for e in t.find_elements(By.CSS_SELECTOR, ".meta, .error")]
-        return done and not browser.find_element(By.ID, "send").get_property("disabled")
-
-    _wait(browser, finished)
-    new = browser.find_elements(By.CSS_SELECTOR, ".turn")[turns:]
-    error = [e.text for t in new for e in t.find_elements(By.CSS_SELECTOR, ".error")]
-    if error:
-        return {"error": error[0]}
-    answer = new[-1]
-    return {
-        "text": answer.find_element(By.CSS_SELECTOR, ".text").get_property("textContent"),
-        "meta": answer.find_element(By.CSS_SELECTOR, ".meta").text,
-    }
+    return _wait(browser, lambda: browser.execute_script(_FINISHED_TURN, turns))
 
 
 def test_the_chat_page_in_chromium(server, client, browser, screenshots, tmp_path):
@@ -545,6 +545,49 @@ def test_the_chat_page_in_chromium(server, client, browser, screenshots, tmp_pat
     assert refused.get("error", "").startswith("413"), refused
     assert "limit" in refused["error"]
     browser.save_screenshot(str(screenshots / "chat_page_413.png"))
+
+
+def test_the_chat_pages_stop_button_keeps_the_part_shown(server, client, browser, tmp_path):
+    """Stop while an answer streams (the browser's download throttled so that it streams for
+    seconds): the part shown is a prefix of the whole greedy answer, and it stays in the history
+    that the next question sends."""
+    from selenium.webdriver.common.by import By
+
+    url, _ = server
+    browser.get(f"{url}/")  # a fresh conversation; the key is still in this tab's storage
+    _wait(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
+    browser.find_element(By.CSS_SELECTOR, ".settings summary").click()
+    browser.find_element(By.ID, "max-tokens").send_keys("64")
+    image = tmp_path / "blue.png"
+    image.write_bytes(_png(color=(30, 30, 220)))
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".attachment img"))
+    browser.find_element(By.ID, "question").send_keys("Describe the image.")
+    browser.set_network_conditions(
+        offline=False, latency=20, download_throughput=600, upload_throughput=10_000_000
+    )
+    try:
+        browser.find_element(By.ID, "send").click()
+        text = lambda: browser.find_element(By.CSS_SELECTOR, ".turn.assistant .text")  # noqa: E731
+        _wait(browser, lambda: text().get_property("textContent"))
+        browser.find_element(By.ID, "stop").click()
+        _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".turn.assistant .meta"))
+    finally:
+        browser.delete_network_conditions()
+    partial = text().get_property("textContent")
+    assert "stopped" in browser.find_element(By.CSS_SELECTOR, ".turn.assistant .meta").text
+    messages = _image_message(_data_url(image.read_bytes()), "Describe the image.")
+    full = client.chat.completions.create(
+        model="tiny-chat", messages=messages, max_tokens=64, temperature=0
+    )
+    assert full.choices[0].message.content.startswith(partial)
+    assert len(partial) < len(full.choices[0].message.content)
+    follow_up = _ask_on_page(browser, "Go on.")
+    messages += [{"role": "assistant", "content": partial}, {"role": "user", "content": "Go on."}]
+    api = client.chat.completions.create(
+        model="tiny-chat", messages=messages, max_tokens=64, temperature=0
+    )
+    assert follow_up.get("text") == api.choices[0].message.content, follow_up
 
 
 def test_spec_checks():
