@@ -590,6 +590,41 @@ def test_the_chat_pages_stop_button_keeps_the_part_shown(server, client, browser
     assert follow_up.get("text") == api.choices[0].message.content, follow_up
 
 
+# A file handed to the page the two other ways a user does it: dropped on the page and pasted.
+# WebDriver cannot drive the OS's drag and drop or clipboard, so the script dispatches the same
+# events the browser would, carrying a real File.
+_DROP_AND_PASTE = """
+const [dataUrl, how] = arguments;
+const bytes = Uint8Array.from(atob(dataUrl.split(',')[1]), c => c.charCodeAt(0));
+const transfer = new DataTransfer();  // (fetch of a data: URL is refused by the page's CSP)
+transfer.items.add(new File([bytes], how + '.png', {type: 'image/png'}));
+const event = how === 'drop'
+  ? new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true})
+  : new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true, cancelable: true});
+document.getElementById('question').dispatchEvent(event);
+"""
+
+
+def test_the_chat_page_takes_dropped_and_pasted_images(server, browser):
+    from selenium.webdriver.common.by import By
+
+    url, _ = server
+    browser.get(f"{url}/")
+    _wait(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
+    image = _data_url(_png(color=(20, 160, 20)))
+    for how in ("drop", "paste"):
+        browser.execute_script(_DROP_AND_PASTE, image, how)
+    _wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, ".attachment img")) == 2)
+    names = [
+        e.get_attribute("alt") for e in browser.find_elements(By.CSS_SELECTOR, ".attachment img")
+    ]
+    assert sorted(names) == ["drop.png", "paste.png"]
+    sources = browser.execute_script(
+        "return [...document.querySelectorAll('.attachment img')].map(i => i.src)"
+    )
+    assert sources == [image, image]  # the bytes as given, for the API request
+
+
 def test_spec_checks():
     from pipelines.serve import ServeSpec
 
