@@ -545,6 +545,14 @@ def test_the_chat_page_in_chromium(server, client, browser, screenshots, tmp_pat
     assert refused.get("error", "").startswith("413"), refused
     assert "limit" in refused["error"]
     browser.save_screenshot(str(screenshots / "chat_page_413.png"))
+    browser.find_element(By.CSS_SELECTOR, ".attachment button").click()  # the refused image
+    assert not browser.find_elements(By.CSS_SELECTOR, ".attachment")
+    tokens = browser.find_element(By.ID, "max-tokens")
+    tokens.clear()
+    tokens.send_keys("65")  # over this server's limits.max_tokens (64)
+    refused = _ask_on_page(browser, "Once more?")
+    assert refused.get("error", "").startswith("400"), refused
+    assert "over this server's limit 64" in refused["error"]
 
 
 def test_the_chat_pages_stop_button_keeps_the_part_shown(server, client, browser, tmp_path):
