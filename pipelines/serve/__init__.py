@@ -6,6 +6,7 @@ directory. Its concerns, as Ray Serve LLM keeps them apart:
 - :mod:`~pipelines.serve.images` and :mod:`~pipelines.serve.intake`: every request check (key,
   size, schema, images, template, context), runnable without a replica;
 - :mod:`~pipelines.serve.app`: the FastAPI ingress and the Serve deployment (batching, streaming);
+- :mod:`~pipelines.serve.page`: the chat page at ``/`` (files in ``ui/``, sent as one page);
 - :mod:`~pipelines.serve.builders`: the application builders and ``stf serve``'s runner.
 
 ``app_builder`` is the entry RayService and Serve config files name
