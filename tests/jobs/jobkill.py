@@ -1,5 +1,6 @@
-"""Killing a running `stf` job from a test: a second driver on the test's Ray cluster, SIGKILLed
-(its whole process group) as soon as its output shows it is mid-run."""
+"""Killing a running `stf` job, or one of its actors, from a test: a second driver on the test's
+Ray cluster, SIGKILLed (its whole process group) as soon as its output shows it is mid-run; and
+finding the processes of one class of actor on the test's own Ray only."""
 
 from __future__ import annotations
 
@@ -40,3 +41,24 @@ def kill_cli_job_when(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def actor_processes(class_name: str, gcs_address: str) -> list:
+    """The live processes of ``class_name`` actors of the Ray at ``gcs_address``, and of no other
+    Ray on this machine (a developer's own training run must survive the fault tests). Ray titles
+    an actor's process ``ray::CLASS``; its parent is its node's raylet, started with
+    ``--gcs-address``. (The state API would find them too, but needs the dashboard.)"""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if not any(f"ray::{class_name}" in part for part in proc.info["cmdline"] or []):
+            continue
+        try:
+            raylet = proc.parent()
+            ours = raylet is not None and f"--gcs-address={gcs_address}" in raylet.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if ours:
+            found.append(proc)
+    return found

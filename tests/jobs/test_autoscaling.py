@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+from jobkill import actor_processes
 from run_metrics import losses_by_step, metrics_rows
 
 pytestmark = pytest.mark.slow
@@ -176,14 +177,13 @@ def _gpu_node_ids(ray) -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("stf_gpu")}
 
 
-def _remove_a_worker_node() -> int:
-    """Kills, as a machine going away would, the raylet of a node that runs a training worker
-    and every process under it; returns the raylet's pid (0 when no worker runs yet)."""
+def _remove_a_worker_node(gcs_address: str) -> int:
+    """Kills, as a machine going away would, the raylet of a node of this cluster that runs a
+    training worker and every process under it; returns the raylet's pid (0 when no worker runs
+    yet)."""
     import psutil
 
-    for proc in psutil.process_iter(["cmdline"]):
-        if not any("ray::RayTrainWorker" in part for part in proc.info["cmdline"] or []):
-            continue
+    for proc in actor_processes("RayTrainWorker", gcs_address):
         raylet = proc.parent()
         if raylet is None or "raylet" not in raylet.name():
             continue
@@ -214,7 +214,7 @@ def test_a_worker_node_removed_mid_run_is_replaced_and_the_run_finishes(
         # a checkpoint is recorded, the restore would have no step to repeat (seen under load).
         if done >= 6 and done % CHECKPOINT_EVERY in (1, 2):
             before = _gpu_node_ids(cluster)
-            removed = _remove_a_worker_node()
+            removed = _remove_a_worker_node(cluster.get_runtime_context().gcs_address)
         time.sleep(0.05)
     assert removed, "never saw the run past its first checkpoint"
     thread.join(timeout=420)

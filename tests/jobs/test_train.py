@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 import yaml
-from jobkill import kill_cli_job_when
+from jobkill import actor_processes, kill_cli_job_when
 from outage import S3Outage
 from PIL import Image
 from run_metrics import losses_by_step, metrics_rows
@@ -203,9 +203,7 @@ def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(shards, tmp
 
 
 @pytest.mark.slow  # ~105 s on 2 cores: a fault test (`make test-slow`, and CI)
-def test_a_killed_worker_is_replaced_and_the_run_finishes(shards, pretrained, tmp_path):
-    import psutil
-
+def test_a_killed_worker_is_replaced_and_the_run_finishes(ray_local, shards, pretrained, tmp_path):
     spec = spec_for(
         tmp_path, "fault", shards["pretrain"], max_steps=12, checkpoint_every=4, max_failures=2
     )
@@ -217,12 +215,7 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes(shards, pretrained, tm
     while time.monotonic() < deadline and killed is None and thread.is_alive():
         path = os.path.join(spec.run_dir, "metrics.csv")
         if os.path.exists(path) and os.path.getsize(path) > 0 and _lines(path) > 6:  # past ckpt
-            # Ray titles its actor processes "ray::CLASS"; the state API would need the dashboard.
-            workers = [
-                p.pid
-                for p in psutil.process_iter(["cmdline"])
-                if any("ray::RayTrainWorker" in part for part in p.info["cmdline"] or [])
-            ]
+            workers = [p.pid for p in actor_processes("RayTrainWorker", ray_local)]
             if workers:
                 killed = max(workers)
                 os.kill(killed, signal.SIGKILL)
