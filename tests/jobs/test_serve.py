@@ -598,6 +598,40 @@ def test_the_chat_pages_stop_button_keeps_the_part_shown(server, client, browser
     assert follow_up.get("text") == api.choices[0].message.content, follow_up
 
 
+def test_new_chat_during_an_answer_starts_a_clean_conversation(server, client, browser):
+    """New chat while an answer streams: the cut answer joins no history, so the next question is
+    answered as the first of a conversation."""
+    from selenium.webdriver.common.by import By
+
+    url, _ = server
+    browser.get(f"{url}/")
+    _wait(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
+    browser.find_element(By.ID, "question").send_keys("Tell me a story about shapes.")
+    browser.set_network_conditions(
+        offline=False, latency=20, download_throughput=600, upload_throughput=10_000_000
+    )
+    try:
+        browser.find_element(By.ID, "send").click()
+        _wait(browser, lambda: browser.execute_script(_STREAMED_TEXT))
+        browser.find_element(By.ID, "new-chat").click()
+        _wait(browser, lambda: not browser.find_element(By.ID, "send").get_property("disabled"))
+    finally:
+        browser.delete_network_conditions()
+    assert not browser.find_elements(By.CSS_SELECTOR, ".turn")
+    answer = _ask_on_page(browser, "Which colour?")
+    api = client.chat.completions.create(
+        model="tiny-chat",
+        messages=[{"role": "user", "content": "Which colour?"}],
+        temperature=0,
+    )
+    assert answer.get("text") == api.choices[0].message.content, answer
+
+
+_STREAMED_TEXT = (
+    "const t = document.querySelector('.turn.assistant .text'); return t && t.textContent"
+)
+
+
 # A file handed to the page the two other ways a user does it: dropped on the page and pasted.
 # WebDriver cannot drive the OS's drag and drop or clipboard, so the script dispatches the same
 # events the browser would, carrying a real File.

@@ -20,6 +20,7 @@ const state = {
   history: [],      // the OpenAI messages of the finished turns
   images: [],       // attached to the next question: {name, url (a data: URL)}
   controller: null, // aborts the answer being streamed (the Stop button)
+  conversation: 0,  // counts New chat: an answer that ends after one belongs to no conversation
 };
 
 // What a refusal means for someone at this page, by HTTP status; the server's own message follows.
@@ -206,6 +207,7 @@ async function send() {
     ...sampling(),
   };
   if (state.modelId) body.model = state.modelId;
+  const conversation = state.conversation;
   state.controller = new AbortController();
   setBusy(true);
   showNotice("");
@@ -238,6 +240,7 @@ async function send() {
     state.controller = null;
     setBusy(false);
   }
+  if (conversation !== state.conversation) return;  // New chat was pressed meanwhile
   if (failure === null && finish === "stopped" && !answer.textContent) {
     failure = "Stopped before the answer began.";
   }
@@ -282,6 +285,7 @@ els.question.addEventListener("keydown", (event) => {
 els.stop.addEventListener("click", () => state.controller && state.controller.abort());
 els.newChat.addEventListener("click", () => {
   if (state.controller) state.controller.abort();
+  state.conversation += 1;
   state.history = [];
   els.conversation.replaceChildren(els.hint);
   els.hint.hidden = false;
