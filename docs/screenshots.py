@@ -24,27 +24,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ask(browser, question: str, image: Path | None = None) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    answers = len(browser.find_elements(By.CSS_SELECTOR, ".turn.assistant .meta"))
-    if image is not None:
-        browser.find_element(By.ID, "file").send_keys(str(image))
-        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".attachment"))
-    browser.find_element(By.ID, "question").send_keys(question)
-    browser.find_element(By.ID, "send").click()
-    WebDriverWait(browser, 60).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".turn.assistant .meta")) > answers
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "docs"))
     out = Path(parser.parse_args().out)
     import ray
-    from browser import open_chromium, wait_for_chromium
+    from browser import ask_on_page, open_chromium, wait_for_chromium
     from ray import serve
 
     from pipelines.serve.builders import run
@@ -56,14 +41,16 @@ def main() -> None:
         sys.exit(found)
     corpus = ROOT / "demo_out" / "corpus"
     first = json.loads((corpus / "eval.jsonl").read_text().splitlines()[1])
-    spec = load_spec(ServeSpec, str(ROOT / "examples" / "serve-local.yaml"), [f"port={_free_port()}"])
+    spec = load_spec(
+        ServeSpec, str(ROOT / "examples" / "serve-local.yaml"), [f"port={_free_port()}"]
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     browser = open_chromium(*found, downloads=str(out))
     try:
         browser.set_window_size(1000, 720)
         browser.get(run(spec, blocking=False) + "/")
-        _ask(browser, first["text"].splitlines()[0], corpus / first["image"])
-        _ask(browser, "What shape is at the top left?")
+        ask_on_page(browser, first["text"].splitlines()[0], corpus / first["image"])
+        ask_on_page(browser, "What shape is at the top left?")
         browser.save_screenshot(str(out / "chat_page.png"))
         browser.set_window_size(1100, 900)
         browser.get((ROOT / "demo_out" / "eval" / "report.html").as_uri())

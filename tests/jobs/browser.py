@@ -1,5 +1,6 @@
 """A real Chromium for the browser tests: Debian's ``chromium`` and ``chromium-driver``, installed
-from the system packages when missing, driven through Selenium.
+from the system packages when missing, driven through Selenium; and the chat page as a user drives
+it (:func:`ask_on_page`), for the tests and ``docs/screenshots.py``.
 
 The install (about a minute on a fresh machine) starts in the background as soon as collection
 finds a test that needs the browser, so it overlaps the tests before it; :func:`wait_for_chromium`
@@ -99,3 +100,41 @@ def open_chromium(browser: str, driver: str, downloads: str):
     session.set_page_load_timeout(60)
     session.set_script_timeout(60)
     return session
+
+
+def wait_for(browser, condition, timeout=60):
+    """Polls ``condition()`` every 50 ms until it is truthy; returns its value."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: condition())
+
+
+# The turns after the first N, read in one step in the page (the page may remove a turn between
+# two WebDriver calls): null while an answer is still coming, else its text and meta line, or the
+# refusal shown under the question.
+_FINISHED_TURN = """
+const turns = [...document.querySelectorAll('.turn')].slice(arguments[0]);
+if (document.getElementById('send').disabled) return null;
+const error = turns.map(t => t.querySelector('.error')).find(e => e);
+if (error) return {error: error.textContent};
+const answer = turns.find(t => t.classList.contains('assistant') && t.querySelector('.meta'));
+if (!answer) return null;
+return {text: answer.querySelector('.text').textContent,
+        meta: answer.querySelector('.meta').textContent};
+"""
+
+
+def ask_on_page(browser, question: str, image_path=None):
+    """Attaches an image (if any), asks, and returns the new turn when it has finished: the
+    answer's text and meta line for an answer, or the refusal shown under the question."""
+    from selenium.webdriver.common.by import By
+
+    turns = len(browser.find_elements(By.CSS_SELECTOR, ".turn"))
+    if image_path is not None:
+        browser.find_element(By.ID, "file").send_keys(str(image_path))
+        wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".attachment img"))
+    box = browser.find_element(By.ID, "question")
+    box.clear()
+    box.send_keys(question)
+    browser.find_element(By.ID, "send").click()
+    return wait_for(browser, lambda: browser.execute_script(_FINISHED_TURN, turns))

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import requests
+from browser import ask_on_page, wait_for
 from PIL import Image
 
 API_KEY = "test-key-123"
@@ -461,43 +462,6 @@ def test_the_chat_page_is_one_self_contained_page(server):
     assert "/*chat.js*/" not in page.text and "/*chat.css*/" not in page.text
 
 
-def _wait(browser, condition, timeout=60):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: condition())
-
-
-# The turns after the first N, read in one step in the page (the page may remove a turn between
-# two WebDriver calls): null while an answer is still coming, else its text and meta line, or the
-# refusal shown under the question.
-_FINISHED_TURN = """
-const turns = [...document.querySelectorAll('.turn')].slice(arguments[0]);
-if (document.getElementById('send').disabled) return null;
-const error = turns.map(t => t.querySelector('.error')).find(e => e);
-if (error) return {error: error.textContent};
-const answer = turns.find(t => t.classList.contains('assistant') && t.querySelector('.meta'));
-if (!answer) return null;
-return {text: answer.querySelector('.text').textContent,
-        meta: answer.querySelector('.meta').textContent};
-"""
-
-
-def _ask_on_page(browser, question: str, image_path=None):
-    """Attaches an image (if any), asks, and returns the new turn when it has finished: the
-    answer's text and meta line for an answer, or the refusal shown under the question."""
-    from selenium.webdriver.common.by import By
-
-    turns = len(browser.find_elements(By.CSS_SELECTOR, ".turn"))
-    if image_path is not None:
-        browser.find_element(By.ID, "file").send_keys(str(image_path))
-        _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".attachment img"))
-    box = browser.find_element(By.ID, "question")
-    box.clear()
-    box.send_keys(question)
-    browser.find_element(By.ID, "send").click()
-    return _wait(browser, lambda: browser.execute_script(_FINISHED_TURN, turns))
-
-
 def test_the_chat_page_in_chromium(server, client, browser, screenshots, tmp_path):
     """The page as a user drives it: the key field (this server has a key), an uploaded image,
     two turns whose streamed answers equal the API's greedy answers, and a 413 shown as a message."""
@@ -506,17 +470,17 @@ def test_the_chat_page_in_chromium(server, client, browser, screenshots, tmp_pat
     url, spec = server
     browser.get(f"{url}/")
     key_row = browser.find_element(By.ID, "key-row")
-    _wait(browser, key_row.is_displayed)  # the page found that the server wants a key
+    wait_for(browser, key_row.is_displayed)  # the page found that the server wants a key
     assert "401" in browser.find_element(By.ID, "notice").text
     browser.find_element(By.ID, "api-key").send_keys(API_KEY)
     browser.find_element(By.ID, "use-key").click()
-    _wait(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
+    wait_for(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
     browser.find_element(By.CSS_SELECTOR, ".settings summary").click()  # open "Sampling"
     browser.find_element(By.ID, "max-tokens").send_keys("12")  # temperature is 0 by default
 
     image = tmp_path / "red.png"
     image.write_bytes(_png(color=(220, 40, 40)))
-    first = _ask_on_page(browser, "What color is the shape?", image)
+    first = ask_on_page(browser, "What color is the shape?", image)
     # What the page sends: the image part first, then the text, the image's bytes unchanged.
     messages = _image_message(_data_url(image.read_bytes()), "What color is the shape?")
     api = client.chat.completions.create(
@@ -527,7 +491,7 @@ def test_the_chat_page_in_chromium(server, client, browser, screenshots, tmp_pat
     assert f"prompt {usage.prompt_tokens} tokens (36 vision)" in first["meta"]
     assert f"answer {usage.completion_tokens} tokens" in first["meta"]
 
-    second = _ask_on_page(browser, "And where is it?")  # the history goes with it
+    second = ask_on_page(browser, "And where is it?")  # the history goes with it
     messages += [
         {"role": "assistant", "content": first["text"]},
         {"role": "user", "content": "And where is it?"},
@@ -541,7 +505,7 @@ def test_the_chat_page_in_chromium(server, client, browser, screenshots, tmp_pat
     noise = tmp_path / "noise.png"  # random pixels: a PNG over the server's 300 kB image limit
     Image.frombytes("RGB", (400, 400), np.random.default_rng(0).bytes(480_000)).save(noise)
     assert noise.stat().st_size > spec.limits.max_image_bytes
-    refused = _ask_on_page(browser, "And this one?", noise)
+    refused = ask_on_page(browser, "And this one?", noise)
     assert refused.get("error", "").startswith("413"), refused
     assert "limit" in refused["error"]
     browser.save_screenshot(str(screenshots / "chat_page_413.png"))
@@ -550,7 +514,7 @@ def test_the_chat_page_in_chromium(server, client, browser, screenshots, tmp_pat
     tokens = browser.find_element(By.ID, "max-tokens")
     tokens.clear()
     tokens.send_keys("65")  # over this server's limits.max_tokens (64)
-    refused = _ask_on_page(browser, "Once more?")
+    refused = ask_on_page(browser, "Once more?")
     assert refused.get("error", "").startswith("400"), refused
     assert "over this server's limit 64" in refused["error"]
 
@@ -563,13 +527,13 @@ def test_the_chat_pages_stop_button_keeps_the_part_shown(server, client, browser
 
     url, _ = server
     browser.get(f"{url}/")  # a fresh conversation; the key is still in this tab's storage
-    _wait(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
+    wait_for(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
     browser.find_element(By.CSS_SELECTOR, ".settings summary").click()
     browser.find_element(By.ID, "max-tokens").send_keys("64")
     image = tmp_path / "blue.png"
     image.write_bytes(_png(color=(30, 30, 220)))
     browser.find_element(By.ID, "file").send_keys(str(image))
-    _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".attachment img"))
+    wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".attachment img"))
     browser.find_element(By.ID, "question").send_keys("Describe the image.")
     browser.set_network_conditions(
         offline=False, latency=20, download_throughput=600, upload_throughput=10_000_000
@@ -577,9 +541,9 @@ def test_the_chat_pages_stop_button_keeps_the_part_shown(server, client, browser
     try:
         browser.find_element(By.ID, "send").click()
         text = lambda: browser.find_element(By.CSS_SELECTOR, ".turn.assistant .text")  # noqa: E731
-        _wait(browser, lambda: text().get_property("textContent"))
+        wait_for(browser, lambda: text().get_property("textContent"))
         browser.find_element(By.ID, "stop").click()
-        _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".turn.assistant .meta"))
+        wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".turn.assistant .meta"))
     finally:
         browser.delete_network_conditions()
     partial = text().get_property("textContent")
@@ -590,7 +554,7 @@ def test_the_chat_pages_stop_button_keeps_the_part_shown(server, client, browser
     )
     assert full.choices[0].message.content.startswith(partial)
     assert len(partial) < len(full.choices[0].message.content)
-    follow_up = _ask_on_page(browser, "Go on.")
+    follow_up = ask_on_page(browser, "Go on.")
     messages += [{"role": "assistant", "content": partial}, {"role": "user", "content": "Go on."}]
     api = client.chat.completions.create(
         model="tiny-chat", messages=messages, max_tokens=64, temperature=0
@@ -605,20 +569,20 @@ def test_new_chat_during_an_answer_starts_a_clean_conversation(server, client, b
 
     url, _ = server
     browser.get(f"{url}/")
-    _wait(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
+    wait_for(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
     browser.find_element(By.ID, "question").send_keys("Tell me a story about shapes.")
     browser.set_network_conditions(
         offline=False, latency=20, download_throughput=600, upload_throughput=10_000_000
     )
     try:
         browser.find_element(By.ID, "send").click()
-        _wait(browser, lambda: browser.execute_script(_STREAMED_TEXT))
+        wait_for(browser, lambda: browser.execute_script(_STREAMED_TEXT))
         browser.find_element(By.ID, "new-chat").click()
-        _wait(browser, lambda: not browser.find_element(By.ID, "send").get_property("disabled"))
+        wait_for(browser, lambda: not browser.find_element(By.ID, "send").get_property("disabled"))
     finally:
         browser.delete_network_conditions()
     assert not browser.find_elements(By.CSS_SELECTOR, ".turn")
-    answer = _ask_on_page(browser, "Which colour?")
+    answer = ask_on_page(browser, "Which colour?")
     api = client.chat.completions.create(
         model="tiny-chat",
         messages=[{"role": "user", "content": "Which colour?"}],
@@ -652,11 +616,11 @@ def test_the_chat_page_takes_dropped_and_pasted_images(server, browser):
 
     url, _ = server
     browser.get(f"{url}/")
-    _wait(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
+    wait_for(browser, lambda: browser.find_element(By.ID, "model").text == "tiny-chat")
     image = _data_url(_png(color=(20, 160, 20)))
     for how in ("drop", "paste"):
         browser.execute_script(_DROP_AND_PASTE, image, how)
-    _wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, ".attachment img")) == 2)
+    wait_for(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, ".attachment img")) == 2)
     names = [
         e.get_attribute("alt") for e in browser.find_elements(By.CSS_SELECTOR, ".attachment img")
     ]
