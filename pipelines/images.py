@@ -7,7 +7,7 @@ from __future__ import annotations
 from PIL import Image
 
 from pipelines.reasons import RejectedRecord
-from stf_model.processing import decode_image
+from stf_model.images import decode_image
 
 
 def checked_image(source: str, data: bytes | BaseException, max_pixels: int) -> Image.Image:

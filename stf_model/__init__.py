@@ -1,51 +1,62 @@
 """LLaVA-STF: LLaVA with Multi-Block and Spatial Token Fusion, on transformers' LLaVA.
 
-Importing this package registers ``llava_stf`` with transformers' Auto classes, so a saved model
-directory reloads through ``AutoConfig`` / ``AutoModelForImageTextToText`` as well.
+The package imports its parts on first use (PEP 562): ``import stf_model.records`` or
+``stf_model.images`` costs no torch, which is what lets preprocessing actors start in a fraction of
+a second more than a bare Python; any model name (``stf_model.STFConfig``, ...) imports the rest.
+Importing :mod:`stf_model.config` registers ``llava_stf`` with ``AutoConfig`` and
+:mod:`stf_model.modeling` with ``AutoModel`` / ``AutoModelForImageTextToText``, so a saved model
+directory reloads through the Auto classes once either is used (:func:`register` does both).
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from __future__ import annotations
 
-from stf_model.chat_templates import CHAT_TEMPLATE_NAMES, get_chat_template
-from stf_model.config import STFConfig
-from stf_model.fusion import MultiBlockTokenFusion, SpatialTokenFusion, spatial_token_fusion
-from stf_model.model_dir import load_model_dir, save_model_dir
-from stf_model.modeling import STFForConditionalGeneration, STFModel
-from stf_model.presets import FUSION_PRESETS, PRESETS, build_tiny, preset_config
-from stf_model.processing import (
-    build_image_processor,
-    build_processor,
-    image_to_uint8,
-    normalize_pixels,
-    to_rgb,
-)
-from stf_model.projector import STFProjector
-from stf_model.tokenizer import build_tiny_tokenizer
+import importlib
+from typing import Any
 
-AutoConfig.register(STFConfig.model_type, STFConfig, exist_ok=True)
-AutoModel.register(STFConfig, STFModel, exist_ok=True)
-AutoModelForImageTextToText.register(STFConfig, STFForConditionalGeneration, exist_ok=True)
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "CHAT_TEMPLATE_NAMES": "chat_templates",
+    "get_chat_template": "chat_templates",
+    "STFConfig": "config",
+    "MultiBlockTokenFusion": "fusion",
+    "SpatialTokenFusion": "fusion",
+    "spatial_token_fusion": "fusion",
+    "PixelGrid": "images",
+    "decode_image": "images",
+    "to_rgb": "images",
+    "load_model_dir": "model_dir",
+    "save_model_dir": "model_dir",
+    "STFForConditionalGeneration": "modeling",
+    "STFModel": "modeling",
+    "FUSION_PRESETS": "presets",
+    "PRESETS": "presets",
+    "build_tiny": "presets",
+    "preset_config": "presets",
+    "build_image_processor": "processing",
+    "build_processor": "processing",
+    "pixel_grid": "processing",
+    "image_to_uint8": "processing",
+    "normalize_pixels": "processing",
+    "STFProjector": "projector",
+    "build_tiny_tokenizer": "tokenizer",
+}
 
-__all__ = [
-    "CHAT_TEMPLATE_NAMES",
-    "FUSION_PRESETS",
-    "PRESETS",
-    "MultiBlockTokenFusion",
-    "STFConfig",
-    "STFForConditionalGeneration",
-    "STFModel",
-    "STFProjector",
-    "SpatialTokenFusion",
-    "build_image_processor",
-    "build_processor",
-    "build_tiny",
-    "build_tiny_tokenizer",
-    "get_chat_template",
-    "image_to_uint8",
-    "load_model_dir",
-    "normalize_pixels",
-    "preset_config",
-    "save_model_dir",
-    "spatial_token_fusion",
-    "to_rgb",
-]
+__all__ = sorted([*_EXPORTS, "register"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stf_model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"stf_model.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def register() -> None:
+    """Registers ``llava_stf`` with transformers' Auto classes (config and models)."""
+    importlib.import_module("stf_model.modeling")  # imports stf_model.config too

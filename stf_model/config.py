@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import field
 
-from transformers import LlavaConfig
+from transformers import AutoConfig, LlavaConfig
 
 from stf_model.constants import CLIP_MEAN, CLIP_STD, PUBLISHED_MBTF_LAYERS
 from stf_model.errors import ModelInputError
@@ -135,5 +135,8 @@ class STFConfig(LlavaConfig):
                 f"(as non-negative indices: {normalised})"
             )
 
+
+# A saved directory (model_type "llava_stf") reloads through AutoConfig once this module is imported.
+AutoConfig.register(STFConfig.model_type, STFConfig, exist_ok=True)
 
 __all__ = ["STFConfig"]

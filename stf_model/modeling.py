@@ -8,7 +8,12 @@ from collections.abc import Collection
 from typing import Literal
 
 import torch
-from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel
+from transformers import (
+    AutoModel,
+    AutoModelForImageTextToText,
+    LlavaForConditionalGeneration,
+    LlavaModel,
+)
 from transformers.models.llava.modeling_llava import LlavaPreTrainedModel
 
 from stf_model.config import STFConfig
@@ -166,5 +171,9 @@ STAGE_PARTS: dict[str, tuple[Part, ...]] = {
     "finetune": ("projector", "llm"),
 }
 
+
+# A saved directory reloads through the Auto classes once this module is imported.
+AutoModel.register(STFConfig, STFModel, exist_ok=True)
+AutoModelForImageTextToText.register(STFConfig, STFForConditionalGeneration, exist_ok=True)
 
 __all__ = ["STFModel", "STFForConditionalGeneration"]

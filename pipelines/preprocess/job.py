@@ -127,7 +127,7 @@ def _process(spec: PreprocessSpec, files: list[tuple[str, int]], model: ModelInp
     records = ray.data.read_datasource(LlavaRecordsDatasource(files, spec.storage), num_cpus=0)
     processed = records.map_batches(
         RecordProcessor,
-        fn_constructor_args=(spec,),
+        fn_constructor_args=(spec, model),
         batch_format="pyarrow",
         batch_size=spec.batch_size,
         compute=ray.data.ActorPoolStrategy(size=workers),

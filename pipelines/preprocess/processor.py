@@ -1,6 +1,9 @@
 """The preprocessing map stage: raw record text -> processed rows (``ok`` / ``error``).
 
-One actor holds the tokenizer and image processor. Per batch it parses and validates the records,
+One actor holds the tokenizer and the image geometry, both read once by the driver
+(:func:`load_model_inputs`) and handed to every actor, so that an actor neither reads the model
+directory again nor imports torch or transformers' model code (about 2 s per fresh process on
+a 2-core machine; ``tests/jobs/test_preprocess.py`` pins that it does not). Per batch it parses and validates the records,
 reads their images in one round (S3 reads run concurrently), decodes each image once, pads or
 crops and resizes it to the tower's input size, renders the chat template, tokenises and checks
 the label mask. The files' count rows pass through untouched.
@@ -20,35 +23,41 @@ from transformers import PreTrainedTokenizerBase
 from pipelines import strict_json
 from pipelines.errors import InputError
 from pipelines.images import checked_image
-from pipelines.models import load_config, load_tokenizer
 from pipelines.preprocess.sink import PROCESSED_SCHEMA
 from pipelines.preprocess.spec import PreprocessSpec
 from pipelines.reasons import RejectedRecord
 from pipelines.storage import join, read_many
-from stf_model import STFConfig, build_image_processor, get_chat_template, image_to_uint8
+from stf_model.chat_templates import get_chat_template
 from stf_model.constants import IMAGE_TOKEN
+from stf_model.images import PixelGrid
 from stf_model.records import Conversation, RecordError, parse_record, tokenize_conversation
 from stf_model.tokenizer import tokenizer_fingerprint
 
 
 @dataclass
 class ModelInputs:
-    """What preprocessing needs from the model: tokenizer, image geometry, token ids."""
+    """What preprocessing needs from the model: tokenizer, image geometry, token ids. Plain data
+    (it is pickled to every actor): no config object, whose class would import torch."""
 
     tokenizer: PreTrainedTokenizerBase
-    config: STFConfig
     template: str  # the chat template's Jinja source, with generation markers
     image_token_id: int
     image_tokens: int
     tokenizer_fingerprint: str
+    pixels: PixelGrid  # how an image becomes the tower's input, with the spec's aspect
 
     @property
     def image_size(self) -> int:
-        return self.config.vision_config.image_size
+        return self.pixels.size
 
 
 def load_model_inputs(spec: PreprocessSpec) -> ModelInputs:
-    """Tokenizer and config of the spec's model (the ``tiny`` preset or a model directory)."""
+    """Tokenizer and config of the spec's model (the ``tiny`` preset or a model directory).
+
+    Runs in the driver, which imports torch (through the config classes) once per job."""
+    from pipelines.models import load_config, load_tokenizer
+    from stf_model.processing import pixel_grid
+
     tokenizer = load_tokenizer(spec.model, spec.storage)
     config = load_config(spec.model, spec.storage)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -60,11 +69,11 @@ def load_model_inputs(spec: PreprocessSpec) -> ModelInputs:
         )
     return ModelInputs(
         tokenizer=tokenizer,
-        config=config,
         template=_template(spec, tokenizer),
         image_token_id=image_token_id,
         image_tokens=spec.image_tokens or config.num_image_tokens,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        pixels=pixel_grid(config, spec.image_aspect),
     )
 
 
@@ -108,11 +117,9 @@ class Parsed:
 class RecordProcessor:
     """The map stage's callable class (one instance per actor)."""
 
-    def __init__(self, spec: PreprocessSpec):
+    def __init__(self, spec: PreprocessSpec, model: ModelInputs):
         self.spec = spec
-        self.model = load_model_inputs(spec)
-        self.template = self.model.template
-        self.image_processor = build_image_processor(self.model.config, spec.image_aspect)
+        self.model = model
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -169,11 +176,11 @@ class RecordProcessor:
         conversation, url, pixels = item.conversation, item.url, None
         if url is not None:
             image = checked_image(url, images[url], self.spec.max_image_pixels)
-            pixels = image_to_uint8(image, self.image_processor).tobytes()
+            pixels = self.model.pixels.to_uint8(image).tobytes()
         sample = tokenize_conversation(
             conversation.messages,
             self.model.tokenizer,
-            self.template,
+            self.model.template,
             max_length=self.spec.max_length,
             image_token_id=self.model.image_token_id,
             num_images=conversation.num_images,

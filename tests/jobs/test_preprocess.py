@@ -4,18 +4,26 @@ failed run never looks complete."""
 
 import json
 import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from bad_inputs import write_bad_corpus
+from base_models import llama_tokenizer
 from jobkill import kill_cli_job_when
 
 from pipelines.cli import main
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import PreprocessFailed, run
+from pipelines.preprocess.processor import load_model_inputs
+from pipelines.preprocess.source import RAW_SCHEMA, iter_raw_records
 from pipelines.shards import read_manifest, shard_urls
+from pipelines.spec import StorageOptions
 from pipelines.synth import write_corpus
 from stf_model import build_image_processor, build_tiny_tokenizer, get_chat_template, preset_config
 from stf_model.processing import decode_image, image_to_uint8
@@ -100,6 +108,52 @@ def test_shards_match_a_direct_single_record_computation(corpus, tmp_path, name,
     assert (out / "spec.yaml").exists() and sorted(os.listdir(out / "shards")) == sorted(
         Path(p.path).name for p in manifest.shards
     )
+
+
+def llama_layout_model(path: Path) -> str:
+    """Config and tokenizer (a real ``LlamaTokenizer`` with ``<image>`` added) of a model dir."""
+    tokenizer = llama_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.pad_token = tokenizer.unk_token
+    index = tokenizer.convert_tokens_to_ids("<image>")
+    preset_config(
+        "tiny", image_token_index=index, **{"text.vocab_size": len(tokenizer)}
+    ).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("model", ["tiny", "llama layout"])
+def test_a_preprocessing_actor_imports_neither_torch_nor_transformers_model_code(
+    corpus, tmp_path, model
+):
+    """Every actor is a fresh process that unpickles its constructor's arguments and runs batches;
+    the same happens here, and afterwards neither torch nor transformers' modeling is loaded
+    (importing them costs each actor about 2 s of start-up)."""
+    ref = "tiny" if model == "tiny" else llama_layout_model(tmp_path / "model")
+    spec = PreprocessSpec(inputs=[str(corpus / "finetune.jsonl")], output="/unused", model=ref)
+    url = spec.inputs[0]
+    batch = pa.Table.from_pylist(list(iter_raw_records(url, StorageOptions())), schema=RAW_SCHEMA)
+    (tmp_path / "args.pkl").write_bytes(pickle.dumps((spec, load_model_inputs(spec), batch)))
+    code = (
+        "import pickle, sys\n"
+        "from pipelines.preprocess.processor import RecordProcessor\n"
+        f"spec, model, batch = pickle.loads(open({str(tmp_path / 'args.pkl')!r}, 'rb').read())\n"
+        "out = RecordProcessor(spec, model)(batch).to_pylist()\n"
+        "print(sorted({r['status'] for r in out}), sum(r['pixels'] is not None for r in out))\n"
+        "print(sorted(m for m in ('torch', 'transformers.modeling_utils') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    statuses, loaded = done.stdout.strip().splitlines()
+    images = sum(
+        1
+        for r in corpus.joinpath("finetune.jsonl").read_text().splitlines()
+        if "image" in json.loads(r)
+    )
+    assert statuses == f"['ok'] {images}"
+    assert loaded == "[]", f"a preprocessing actor imported {loaded}"
 
 
 def test_bad_inputs_are_quarantined_with_their_reason(tmp_path):
