@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         failed = isinstance(err, JobFailed)
         print(f"stf {args.verb}: {'FAILED' if failed else 'error'}: {err}", file=sys.stderr)
         return EXIT_FAILED if failed else EXIT_USAGE
+    finally:
+        ray_env = sys.modules.get("pipelines.ray_env")  # imported only by commands that use Ray
+        if ray_env is not None:
+            ray_env.stop_local_ray()
 
 
 if __name__ == "__main__":

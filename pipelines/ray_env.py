@@ -32,6 +32,16 @@ def init_ray() -> None:
         _started_local = True
 
 
+def stop_local_ray() -> None:
+    """Stops the local Ray this process started, if it did. Ray's exit hook would do the same,
+    but it first sleeps 0.5 s so that late log lines reach the terminal; a finished job has said
+    what it says, so the CLI stops Ray itself when the command returns."""
+    global _started_local
+    if _started_local and ray.is_initialized():
+        ray.shutdown()
+    _started_local = False
+
+
 def cluster_cpus() -> int:
     """CPUs the connected cluster has in total (at least 1)."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)))

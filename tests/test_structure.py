@@ -99,3 +99,24 @@ def test_loading_a_spec_imports_no_framework(job, forbidden):
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]", f"loading the {job} spec imported {done.stdout}"
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pipelines.infer.job",  # the `stf infer` driver: only its replicas need the model
+        "pipelines.preprocess.processor",  # what every preprocessing actor imports
+    ],
+)
+def test_drivers_and_preprocessing_actors_import_no_torch(module):
+    """torch and transformers' modeling cost about 2 s per process; only processes that hold a
+    model may pay that."""
+    code = (
+        "import sys\n"
+        f"import {module}\n"
+        "print(sorted(m for m in ('torch', 'transformers.modeling_utils') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", f"importing {module} imported {done.stdout}"

@@ -3,17 +3,18 @@ generates for the rows whose image is fine, and returns every row, errors includ
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from pipelines.images import checked_image
 from pipelines.infer.spec import InferSpec
-from pipelines.models import load_generator
 from pipelines.storage import read_many
 from stf_model.errors import ModelInputError
-from stf_model.generation import ChatPrompt, Completion, SamplingParams
 from stf_model.records import RecordError
+
+if TYPE_CHECKING:
+    from stf_model.generation import Completion
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -34,10 +35,16 @@ class Answerer:
     """The map stage's callable class (one instance per actor)."""
 
     def __init__(self, spec: InferSpec, progress: Any = None):
+        # torch and the model code are imported here, in the replica: the driver imports this
+        # module only to name the class, and stays free of them (about 2 s of start-up).
+        from pipelines.models import load_generator
+        from stf_model.generation import ChatPrompt, SamplingParams
+
         self.spec = spec
         self.progress = progress  # a RowCounter handle (pipelines.infer.progress), or None
         self.generator = load_generator(spec.model, spec.storage)
         self.params = SamplingParams(spec.max_new_tokens, spec.temperature, spec.top_p)
+        self.prompt = ChatPrompt
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         ids, urls, texts = (list(batch[k]) for k in ("id", "image", "prompt"))
@@ -49,7 +56,7 @@ class Answerer:
             except RecordError as err:
                 errors[row] = f"{err.reason}: {err.detail}"
                 continue
-            prompt = ChatPrompt(self.generator.render(self._messages(text)), [image], self.params)
+            prompt = self.prompt(self.generator.render(self._messages(text)), [image], self.params)
             try:  # checked per row, so that one bad prompt cannot fail the batch's generate
                 self.generator.count_prompt_tokens(prompt)
             except ModelInputError as err:
