@@ -26,7 +26,7 @@ import ray
 
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run
-from pipelines.preprocess.processor import RecordProcessor, load_model_inputs
+from pipelines.preprocess.processor import RecordProcessor
 from pipelines.shards import SHARD_SCHEMA
 from pipelines.storage import read_many
 from pipelines.synth import write_corpus
@@ -42,9 +42,7 @@ def make_model_dir(path: str, image_size: int) -> None:
 
 def floor(spec: PreprocessSpec, out_dir: str) -> int:
     """The single-process floor: the job's own per-record work, in a loop, written to Parquet."""
-    processor = RecordProcessor(
-        spec, load_model_inputs(spec)
-    )  # the same code path, called directly: no Ray, no actors
+    processor = RecordProcessor(spec)  # the same code path, called directly: no Ray, no actors
     path = spec.inputs[0]
     rows = []
     with open(path) as f:

@@ -3,8 +3,9 @@
 One actor holds the tokenizer and the image geometry, both read once by the driver
 (:func:`load_model_inputs`) and handed to every actor, so that an actor neither reads the model
 directory again nor imports torch or transformers' model code (about 2 s per fresh process on
-a 2-core machine; ``tests/jobs/test_preprocess.py`` pins that it does not). Per batch it parses and validates the records,
-reads their images in one round (S3 reads run concurrently), decodes each image once, pads or
+a 2-core machine; ``tests/jobs/test_preprocess.py`` pins that it does not).
+
+Per batch it parses and validates the records, reads their images in one round (S3 reads run concurrently), decodes each image once, pads or
 crops and resizes it to the tower's input size, renders the chat template, tokenises and checks
 the label mask. The files' count rows pass through untouched.
 """
@@ -117,9 +118,11 @@ class Parsed:
 class RecordProcessor:
     """The map stage's callable class (one instance per actor)."""
 
-    def __init__(self, spec: PreprocessSpec, model: ModelInputs):
+    def __init__(self, spec: PreprocessSpec, model: ModelInputs | None = None):
+        """``model`` is what the driver loaded; without it the processor loads its own (which
+        imports torch: the job always passes it)."""
         self.spec = spec
-        self.model = model
+        self.model = model if model is not None else load_model_inputs(spec)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
