@@ -3,6 +3,7 @@ sitting, no long functions, no formatter opt-outs, nothing cited outside the rep
 spec modules light enough to load without the servers and frameworks they configure."""
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -72,6 +73,17 @@ def test_nothing_outside_the_repository_is_cited():
     assert not found, f"references to files outside the repository in {found}"
 
 
+def loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``."""
+    code += (
+        f"import json, sys\nprint(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout)
+
+
 @pytest.mark.parametrize(
     "job,forbidden",
     [
@@ -90,15 +102,12 @@ def test_loading_a_spec_imports_no_framework(job, forbidden):
         "infer": "model: {path: /m}\ninputs: [/i]\noutput: /o",
     }[job]
     code = (
-        "import sys, yaml\n"
+        "import yaml\n"
         "from pipelines.cli import spec_class\n"
         f"spec_class({job!r}).model_validate(yaml.safe_load({example!r}))\n"
-        f"print(sorted(m for m in {forbidden!r} if m in sys.modules))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert done.stdout.strip() == "[]", f"loading the {job} spec imported {done.stdout}"
+    loaded = loaded_after(code, forbidden)
+    assert loaded == [], f"loading the {job} spec imported {loaded}"
 
 
 @pytest.mark.parametrize(
@@ -111,12 +120,5 @@ def test_loading_a_spec_imports_no_framework(job, forbidden):
 def test_drivers_and_preprocessing_actors_import_no_torch(module):
     """torch and transformers' modeling cost about 2 s per process; only processes that hold a
     model may pay that."""
-    code = (
-        "import sys\n"
-        f"import {module}\n"
-        "print(sorted(m for m in ('torch', 'transformers.modeling_utils') if m in sys.modules))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert done.stdout.strip() == "[]", f"importing {module} imported {done.stdout}"
+    loaded = loaded_after(f"import {module}\n", ("torch", "transformers.modeling_utils"))
+    assert loaded == [], f"importing {module} imported {loaded}"

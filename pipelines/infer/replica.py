@@ -38,15 +38,16 @@ class Answerer:
         # torch and the model code are imported here, in the replica: the driver imports this
         # module only to name the class, and stays free of them (about 2 s of start-up).
         from pipelines.models import load_generator
-        from stf_model.generation import ChatPrompt, SamplingParams
+        from stf_model.generation import SamplingParams
 
         self.spec = spec
         self.progress = progress  # a RowCounter handle (pipelines.infer.progress), or None
         self.generator = load_generator(spec.model, spec.storage)
         self.params = SamplingParams(spec.max_new_tokens, spec.temperature, spec.top_p)
-        self.prompt = ChatPrompt
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        from stf_model.generation import ChatPrompt  # imported by __init__ already: a lookup
+
         ids, urls, texts = (list(batch[k]) for k in ("id", "image", "prompt"))
         data = read_many(urls, self.spec.storage)
         prompts, rows, errors = [], [], {}
@@ -56,7 +57,7 @@ class Answerer:
             except RecordError as err:
                 errors[row] = f"{err.reason}: {err.detail}"
                 continue
-            prompt = self.prompt(self.generator.render(self._messages(text)), [image], self.params)
+            prompt = ChatPrompt(self.generator.render(self._messages(text)), [image], self.params)
             try:  # checked per row, so that one bad prompt cannot fail the batch's generate
                 self.generator.count_prompt_tokens(prompt)
             except ModelInputError as err:

@@ -1,5 +1,8 @@
 """STFForConditionalGeneration on tiny random models: the public API other issues rely on."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import (
@@ -171,6 +174,21 @@ def test_save_load_round_trip(tiny, uint8_images, tmp_path):
         torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=0)
         torch.testing.assert_close(got.loss, expected.loss, rtol=0, atol=0)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), STFConfig)
+
+
+def test_register_makes_a_bare_import_reload_through_the_auto_classes(tiny, tmp_path):
+    """``import stf_model`` alone imports no model code; ``stf_model.register()`` is what a user
+    of transformers' Auto classes calls (a fresh interpreter: this one has registered already)."""
+    model, _ = tiny
+    model.save_pretrained(tmp_path)
+    code = (
+        "import stf_model\n"
+        "stf_model.register()\n"
+        "from transformers import AutoModelForImageTextToText\n"
+        f"print(type(AutoModelForImageTextToText.from_pretrained({str(tmp_path)!r})).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "STFForConditionalGeneration"
 
 
 def test_generate_produces_tokens(tiny, uint8_images):
