@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,16 +103,36 @@ def caption(scene: list[Shape]) -> str:
 
 
 def questions(scene: list[Shape], rng: random.Random) -> list[tuple[str, str, str]]:
-    """(question type, question, answer) for each kind of question, in random order."""
+    """(question type, question, answer) for each kind of question, in random order. The position
+    question asks about another shape than the colour and shape questions where the scene has one."""
     target = rng.choice(scene)
+    others = [s for s in scene if s != target]
+    located = rng.choice(others) if others else target
     qa = [
         ("count", "How many shapes are there?", COUNT_WORDS[len(scene)]),
         ("color", f"What color is the shape at the {target.quadrant}?", target.color),
         ("shape", f"What shape is at the {target.quadrant}?", target.kind),
-        ("position", f"Where is the {target.color} {target.kind}?", target.quadrant),
+        ("position", f"Where is the {located.color} {located.kind}?", located.quadrant),
     ]
     rng.shuffle(qa)
     return qa
+
+
+def without_leaks(qa: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The questions, in order, less each one whose answer another kept question names, or whose
+    text names a kept answer. One conversation's turns must not answer each other: "Where is the red
+    circle?" followed by "What color is the shape at the top left?" (the same shape) teaches a model
+    to copy the colour from the conversation instead of reading it from the image, and a held-out
+    question, asked alone, then has nothing to copy."""
+    kept: list[tuple[str, str, str]] = []
+    for qtype, question, answer in qa:
+        if not any(_names(question, a) or _names(q, answer) for _, q, a in kept):
+            kept.append((qtype, question, answer))
+    return kept
+
+
+def _names(text: str, answer: str) -> bool:
+    return re.search(rf"\b{re.escape(answer)}\b", text) is not None
 
 
 def _article(word: str) -> str:
@@ -238,7 +259,8 @@ def write_corpus(
                 }
             )
             turns = []
-            for k, (qtype, question, answer) in enumerate(qa[: rng.randint(2, 4)]):
+            asked = without_leaks(qa)
+            for k, (qtype, question, answer) in enumerate(asked[: rng.randint(2, len(asked))]):
                 train_answers[qtype][answer] += 1
                 text = f"{question}\n{SHORT_ANSWER}"
                 turns.append({"from": "human", "value": _with_image(text, rng) if k == 0 else text})

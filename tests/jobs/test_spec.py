@@ -110,3 +110,20 @@ def test_the_spec_layer_knows_the_library_presets():
     from stf_model import PRESETS
 
     assert tuple(PRESETS) == PRESET_NAMES
+
+
+def test_every_example_spec_is_valid():
+    """The specs under examples/ (the demo's, the cloud and real-model ones) load as their job's
+    spec: a renamed key or a bad value there would only show when a user runs them."""
+    from pathlib import Path
+
+    from pipelines.cli import SPECS, spec_class
+
+    examples = sorted(Path("examples").glob("*.yaml"))
+    assert len(examples) >= 10
+    for path in examples:
+        job = next((j for j in SPECS if path.name.startswith(f"{j}-")), None)
+        if path.name == "serve-local.yaml":
+            job = "serve"
+        assert job is not None, f"{path}: no job named by its file name"
+        load_spec(spec_class(job), path)

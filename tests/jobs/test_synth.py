@@ -1,6 +1,7 @@
 """The synthetic corpus: deterministic, valid LLaVA records, answerable from the pixels."""
 
 import json
+from collections import Counter
 
 from PIL import Image
 
@@ -49,3 +50,30 @@ def test_cli_writes_the_corpus_and_reports_the_baselines(tmp_path, capsys):
     assert Image.open(tmp_path / "images" / "train" / "000000.jpg").size == (64, 48)
     assert main([*args, "--set", "n=0"]) == 2  # a clear error, no traceback
     assert "key 'n'" in capsys.readouterr().err
+
+
+def test_no_turn_of_a_conversation_answers_another(tmp_path):
+    """A question that names another turn's answer ("Where is the red circle?" before "What color
+    is the shape at the top left?", both about one shape) lets a model copy the answer from the
+    conversation; a held-out question, asked alone, has nothing to copy."""
+    import re
+
+    write_corpus(tmp_path, n=300, seed=5, n_eval=0)
+    records = [json.loads(x) for x in (tmp_path / "finetune.jsonl").read_text().splitlines()]
+    asked = 0
+    for record in records:
+        turns = record["conversations"]
+        questions = [t["value"] for t in turns[0::2]]
+        answers = [t["value"] for t in turns[1::2]]
+        for i, answer in enumerate(answers):
+            for j, question in enumerate(questions):
+                if i != j:
+                    assert not re.search(rf"\b{re.escape(answer)}\b", question), record
+        asked += len(answers)
+    kinds = Counter(
+        next(t for t, words in ANSWERS.items() if a in words)
+        for r in records
+        for a in [t["value"] for t in r["conversations"][1::2]]
+        if any(a in words for words in ANSWERS.values())
+    )
+    assert asked > 2 * len(records) * 0.9 and min(kinds.values()) > 0.15 * sum(kinds.values())
