@@ -5,9 +5,10 @@ One actor holds the tokenizer and the image geometry, both read once by the driv
 directory again nor imports torch or transformers' model code (about 2 s per fresh process on
 a 2-core machine; ``tests/jobs/test_preprocess.py`` pins that it does not).
 
-Per batch it parses and validates the records, reads their images in one round (S3 reads run concurrently), decodes each image once, pads or
-crops and resizes it to the tower's input size, renders the chat template, tokenises and checks
-the label mask. The files' count rows pass through untouched.
+Per batch it parses and validates the records, reads their images in one round (S3 reads run
+concurrently), decodes each image once, pads or crops and resizes it to the tower's input size,
+renders the chat template, tokenises and checks the label mask. The files' count rows pass
+through untouched.
 """
 
 from __future__ import annotations
