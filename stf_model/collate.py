@@ -1,4 +1,5 @@
-"""Shard rows -> model batches: length/modality grouping, placeholder expansion, padding.
+"""Shard rows -> model batches: per-epoch shuffling, length/modality grouping, placeholder
+expansion, padding.
 
 Shards store one ``<image>`` token per image so they do not depend on the STF window; the
 collator expands each into the model's ``num_image_tokens`` positions (label ``-100``) and stacks
@@ -15,6 +16,29 @@ import numpy as np
 import torch
 
 from stf_model.constants import IGNORE_INDEX
+
+
+def shuffled(rows: Iterable[Any], buffer_rows: int, rng: random.Random) -> Iterator[Any]:
+    """``rows`` in a random order drawn through a buffer of ``buffer_rows`` (0 or 1: unchanged).
+
+    A row leaves the buffer at a random slot as the next one enters, so it moves up to about
+    ``buffer_rows`` places; a stream no longer than the buffer comes out fully permuted. Written
+    here rather than with Ray Data's ``local_shuffle_buffer_size`` because that order also depends
+    on the stream's block boundaries, and a resumed run must re-draw exactly the order of the
+    epoch it resumes (it depends here only on the rows' order and ``rng``)."""
+    if buffer_rows <= 1:
+        yield from rows
+        return
+    buffer: list[Any] = []
+    for row in rows:
+        if len(buffer) < buffer_rows:
+            buffer.append(row)
+            continue
+        slot = rng.randrange(buffer_rows)
+        yield buffer[slot]
+        buffer[slot] = row
+    rng.shuffle(buffer)
+    yield from buffer
 
 
 def length_grouped_batches(

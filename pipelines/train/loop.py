@@ -30,7 +30,7 @@ from pipelines.train.metrics import Meter, peak_rss_gb
 from pipelines.train.plan import TrainPlan, TrainState
 from pipelines.train.spec import TrainSpec
 from stf_model import STFForConditionalGeneration, save_model_dir
-from stf_model.collate import collate, length_grouped_batches, rows_of
+from stf_model.collate import collate, length_grouped_batches, rows_of, shuffled
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
@@ -59,7 +59,7 @@ def train_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     while state.step < plan.total_steps:
         last = time.perf_counter()
-        for index, batch in micro_batches(shard, plan, state, worker.device):
+        for index, batch in micro_batches(shard, plan, state, worker):
             state.micro_in_epoch = index + 1  # consumed, in the checkpoint this step may write
             step(worker, plan, state, meter, batch, data_s=time.perf_counter() - last)
             last = time.perf_counter()
@@ -183,16 +183,22 @@ def resume(worker: Worker) -> TrainState:
 
 
 def micro_batches(
-    shard, plan: TrainPlan, state: TrainState, device: torch.device
+    shard, plan: TrainPlan, state: TrainState, worker: Worker
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """This epoch's micro-batches as ``(index, batch on the device)``, length-grouped, skipping
-    those a resumed run already consumed. Every rank must run the same number of collectives, so
-    the epoch stops on all ranks as soon as any rank runs out of rows (equal splits make this
-    rare, not impossible)."""
-    spec, micro = plan.spec, plan.spec.deepspeed.micro_batch_size
+    """This epoch's micro-batches as ``(index, batch on the device)``: the worker's rows shuffled
+    through ``shuffle_buffer`` in an order drawn from (seed, epoch, rank), then length-grouped;
+    those a resumed run already consumed are skipped. The shards come in the same order every
+    epoch (see ``deterministic_ingest``); without the shuffle every epoch would repeat one
+    sequence, and records preprocessed from several files would arrive file by file. Every rank
+    must run the same number of collectives, so the epoch stops on all ranks as soon as any rank
+    runs out of rows (equal splits make this rare, not impossible)."""
+    spec, micro, device = plan.spec, plan.spec.deepspeed.micro_batch_size, worker.device
     rng = random.Random(spec.seed * 1000 + state.epoch)
+    order = random.Random(f"{spec.seed}/{state.epoch}/{worker.rank}")
     batches = shard.iter_batches(batch_size=micro * spec.group_window, batch_format="numpy")
-    rows = (row for batch in batches for row in rows_of(batch))
+    rows = shuffled(
+        (row for batch in batches for row in rows_of(batch)), spec.shuffle_buffer, order
+    )
     groups = length_grouped_batches(rows, micro, spec.group_window, rng)
     for index in itertools.count():
         group = next(groups, None) if index < plan.micro_per_epoch else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from pipelines.spec import (
     PRESET_NAMES,
@@ -101,6 +101,11 @@ class TrainSpec(JobSpec):
         None, description="per-worker peak TFLOP/s for MFU (default: detected for known GPUs)"
     )
     group_window: PositiveInt = Field(16, description="micro-batches per length-grouping window")
+    shuffle_buffer: NonNegativeInt = Field(
+        1024,
+        description="rows each worker shuffles through per epoch, a new order every epoch (0: "
+        "shard order); a buffered row holds its uint8 pixels (336 px: 0.34 MB)",
+    )
     preflight: PreflightOptions = Field(default_factory=PreflightOptions)
     storage: StorageOptions = Field(default_factory=StorageOptions)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stf_model import build_processor, get_chat_template
-from stf_model.collate import collate, length_grouped_batches
+from stf_model.collate import collate, length_grouped_batches, shuffled
 from stf_model.constants import IGNORE_INDEX
 from stf_model.records import parse_record, tokenize_conversation
 
@@ -105,3 +105,24 @@ def test_length_grouping_gives_full_batches_of_similar_rows():
     assert mixed <= 3  # at most once per window of 8 batches
     spread = np.mean([max(r["length"] for r in b) - min(r["length"] for r in b) for b in batches])
     assert spread < 150  # random batches of 4 would spread about 300
+
+
+def test_shuffling_is_a_permutation_that_one_seed_repeats_and_another_changes():
+    rows = list(range(300))
+    once = list(shuffled(iter(rows), 64, random.Random("0/3/1")))
+    assert sorted(once) == rows and once != rows
+    assert list(shuffled(iter(rows), 64, random.Random("0/3/1"))) == once  # a resume re-draws it
+    assert list(shuffled(iter(rows), 64, random.Random("0/4/1"))) != once  # the next epoch
+    assert list(shuffled(iter(rows), 0, random.Random(0))) == rows  # 0: shard order
+
+
+def test_shuffling_mixes_records_that_arrive_file_by_file():
+    """Two record files preprocessed together arrive one after the other; with a buffer as long
+    as the stream every batch of 16 draws from both, as training on the mix needs."""
+    rows = ["question"] * 500 + ["caption"] * 500
+    out = list(shuffled(iter(rows), 1000, random.Random(0)))
+    batches = [out[i : i + 16] for i in range(0, 1000 - 15, 16)]
+    assert all(len(set(b)) == 2 for b in batches[:10] + batches[-10:])
+    # A buffer shorter than the stream moves each row up to about its length.
+    local = list(shuffled(iter(rows), 100, random.Random(0)))
+    assert set(local[:300]) == {"question"} and "caption" in local[400:600]
