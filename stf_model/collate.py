@@ -23,10 +23,10 @@ def shuffled(rows: Iterable[Any], buffer_rows: int, rng: random.Random) -> Itera
 
     As each row enters, one from a random slot of the full buffer leaves, so a row comes out at
     most ``buffer_rows`` places earlier than it went in (and later by a random wait); a stream no
-    longer than the buffer comes out fully permuted. Written
-    here rather than with Ray Data's ``local_shuffle_buffer_size`` because that order also depends
-    on the stream's block boundaries, and a resumed run must re-draw exactly the order of the
-    epoch it resumes (it depends here only on the rows' order and ``rng``)."""
+    longer than the buffer comes out fully permuted. Written here rather than with Ray Data's
+    ``local_shuffle_buffer_size`` because that order also depends on the stream's block
+    boundaries, and a resumed run must re-draw exactly the order of the epoch it resumes (it
+    depends here only on the rows' order and ``rng``)."""
     if buffer_rows <= 1:
         yield from rows
         return

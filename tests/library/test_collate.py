@@ -123,6 +123,6 @@ def test_shuffling_mixes_records_that_arrive_file_by_file():
     out = list(shuffled(iter(rows), 1000, random.Random(0)))
     batches = [out[i : i + 16] for i in range(0, 1000 - 15, 16)]
     assert all(len(set(b)) == 2 for b in batches[:10] + batches[-10:])
-    # A buffer shorter than the stream moves each row up to about its length.
+    # A buffer shorter than the stream brings a row forward by at most the buffer's length.
     local = list(shuffled(iter(rows), 100, random.Random(0)))
     assert set(local[:300]) == {"question"} and "caption" in local[400:600]
