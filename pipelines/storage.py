@@ -69,7 +69,7 @@ def expand_inputs(patterns: list[str], storage: StorageOptions) -> list[tuple[st
 
 def arrow_filesystem(url: str, storage: StorageOptions):
     """pyarrow's view of the filesystem ``url`` lives on, for Ray APIs that take one (Ray Train's
-    storage, Ray Data writes); None for local paths (pyarrow's local filesystem)."""
+    storage); None for local paths (pyarrow's local filesystem)."""
     if not is_s3(url):
         return None
     from pyarrow.fs import FSSpecHandler, PyFileSystem

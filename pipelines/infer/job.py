@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections import Counter
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ from pipelines.errors import JobFailed
 from pipelines.infer.replica import OUTPUT_SCHEMA, Answerer
 from pipelines.infer.rows import list_rows
 from pipelines.infer.spec import InferSpec
-from pipelines.storage import arrow_filesystem, filesystem, fs_path, join, write_text
+from pipelines.storage import filesystem, fs_path, join, write_text
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,9 @@ def _answer_all(spec: InferSpec, todo: pa.Table, progress: Any) -> None:
         spec.rows_per_file, max(spec.batch_size, math.ceil(len(todo) / spec.concurrency))
     )
     blocks = [todo.slice(i, per_block) for i in range(0, len(todo), per_block)]
-    dataset = ray.data.from_arrow(blocks).map_batches(
+    # from_blocks keeps our blocks and reads their row counts here; from_arrow would run a
+    # remote task per block for the same numbers, before any replica could start (about 1 s).
+    dataset = ray.data.from_blocks(blocks).map_batches(
         Answerer,
         fn_constructor_kwargs={"spec": spec, "progress": progress},
         batch_size=spec.batch_size,
@@ -177,15 +180,19 @@ def _answer_all(spec: InferSpec, todo: pa.Table, progress: Any) -> None:
         num_cpus=spec.num_cpus,
         num_gpus=spec.num_gpus,
     )
-    # The writes reserve no CPU: with every CPU held by replicas, a 1-CPU write task would never
-    # be scheduled.
-    dataset.write_parquet(
-        _parts_dir(spec),
-        filesystem=arrow_filesystem(spec.output, spec.storage),
-        schema=OUTPUT_SCHEMA,
-        ray_remote_args={"num_cpus": 0},
-        min_rows_per_file=per_block,
-    )
+    # The answered blocks are written here, on the driver, each as it arrives, rather than by
+    # Ray Data's write tasks: the rows are a few hundred bytes of text, and with every worker
+    # process held by a replica the first write task waits for a new one to start (about 1 s of
+    # a short job). A killed driver leaves at most one half-written file, which read_output
+    # removes.
+    fs = filesystem(spec.output, spec.storage)
+    parts = fs_path(_parts_dir(spec))
+    fs.makedirs(parts, exist_ok=True)
+    run_id = uuid.uuid4().hex[:12]
+    answered = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    for n, block in enumerate(answered):
+        with fs.open(f"{parts}/{run_id}-{n:06d}.parquet", "wb") as f:
+            pq.write_table(block.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA), f)
 
 
 def _write_answers(spec: InferSpec, output: pa.Table) -> None:

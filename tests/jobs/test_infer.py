@@ -98,6 +98,8 @@ def test_folder_with_broken_images_gives_error_rows(ray_local, model_dir, tmp_pa
     assert len(answers) == 11 and {"question_id", "prompt", "text", "model_id"} <= set(answers[0])
     # A re-run has nothing left to do and writes nothing new.
     files = sorted(os.listdir(tmp_path / "out" / "parts"))
+    sizes = [pq.read_metadata(tmp_path / "out" / "parts" / f).num_rows for f in files]
+    assert sum(sizes) == 11 and max(sizes) <= 8  # rows_per_file
     again = run_infer(spec)
     assert again.resumed_rows == 11 and sorted(os.listdir(tmp_path / "out" / "parts")) == files
 
