@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import tempfile
 import time
@@ -116,7 +117,10 @@ class Meter:
         self.csv.writerow([metrics[c] for c in METRIC_COLUMNS])
         self.csv_file.flush()
         for key, value in metrics.items():
-            if key != "step":
+            # NaN means "not measured here" (mfu without a known peak FLOP/s, a grad_norm the
+            # engine did not report): the CSV keeps it, TensorBoard gets no point (tensorboardX
+            # would log a warning for every one).
+            if key != "step" and not math.isnan(value):
                 self.writer.add_scalar(f"train/{key}", value, step)
         self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
 
