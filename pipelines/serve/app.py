@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -121,6 +122,12 @@ class ChatServer:
             name: deque(maxlen=TIMING_WINDOW) for name in ("body", "handler", "generate")
         }
         self.created = int(time.time())
+        # Every batch's generate runs on this one thread. On the event loop's shared pool (where
+        # images are also decoded) it landed on whichever thread was free, and ran 3.4-4.9 ms
+        # slower than in process against 1.9-2.6 ms on its own thread, with 30% less throughput
+        # at concurrency 16 (bench/serve.py). Likely cause: each thread that runs torch gets its
+        # own team of OpenMP threads, and idle teams spin on the same cores.
+        self.generate_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     # -- routes --
     @api.get("/")
@@ -223,7 +230,7 @@ class ChatServer:
             finally:
                 self.timings["generate"].append(time.perf_counter() - started)
 
-        work = loop.run_in_executor(None, generate)
+        work = loop.run_in_executor(self.generate_thread, generate)
         work.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
         done = [False] * len(prompts)
         finished_thread = False
