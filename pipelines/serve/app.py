@@ -111,7 +111,7 @@ class ChatServer:
         self.chat_page = chat_page() if spec.ui else None
         self.image_tokens = self.generator.model.config.num_image_tokens
         self._generate_batch.set_max_batch_size(spec.batching.max_batch_size)
-        self.batch_wait_s = spec.batching.batch_wait_timeout_s
+        self._generate_batch.set_batch_wait_timeout_s(spec.batching.batch_wait_timeout_s)
         self.batch_sizes: Counter[int] = Counter()
         self.requests = 0
         self.active = 0  # requests handed to the batcher and not finished
@@ -196,13 +196,18 @@ class ChatServer:
         """(new text, finish reason or None, tokens so far) for one request, from its batch."""
         self.requests += 1
         # The batch window only pays when others are about to arrive. A request that finds the
-        # replica idle (nothing queued, nothing generating) runs at once; one that arrives while
-        # others are in flight waits up to the window so that the next batch fills. Serve reads
-        # the window when a batch takes its first request, which is this one when idle.
-        self._generate_batch.set_batch_wait_timeout_s(self.batch_wait_s if self.active else 0.0)
+        # replica idle (nothing queued, nothing generating) runs at once as a batch of one,
+        # without Serve's batch queue (its hand-offs cost about 0.25 ms); one that arrives while
+        # others are in flight joins the queue and waits up to the window so that the next batch
+        # fills. Either way generate runs on the one generate thread, one batch after another.
+        alone = not self.active
         self.active += 1
         try:
-            async for event in self._generate_batch(prompt):
+            steps = self._generate_rows([prompt]) if alone else self._generate_batch(prompt)
+            async for step in steps:
+                event = step[0] if alone else step  # Serve hands each request its own entry
+                if event is StopIteration:
+                    break
                 if isinstance(event, Exception):
                     raise event  # this request's own failure: a generic 500, logged
                 if event is not None:
@@ -213,8 +218,14 @@ class ChatServer:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def _generate_batch(self, prompts: list[ChatPrompt]):
-        """Runs one ``generate`` for the batch in a thread and yields, per step, one entry per
-        request: its news, ``None`` (nothing new), its exception if it failed, or
+        """Serve's batching in front of :meth:`_generate_rows`: the prompts of requests that
+        arrived together, and each request gets its own entry of every step."""
+        async for step in self._generate_rows(prompts):
+            yield step
+
+    async def _generate_rows(self, prompts: list[ChatPrompt]):
+        """Runs one ``generate`` for the batch on the generate thread and yields, per step, one
+        entry per prompt: its news, ``None`` (nothing new), its exception if it failed, or
         ``StopIteration`` once it has finished."""
         self.batch_sizes[len(prompts)] += 1
         loop = asyncio.get_running_loop()
