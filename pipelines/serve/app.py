@@ -122,11 +122,11 @@ class ChatServer:
             name: deque(maxlen=TIMING_WINDOW) for name in ("body", "handler", "generate")
         }
         self.created = int(time.time())
-        # Every batch's generate runs on this one thread. On the event loop's shared pool (where
-        # images are also decoded) it landed on whichever thread was free, and ran 3.4-4.9 ms
-        # slower than in process against 1.9-2.6 ms on its own thread, with 30% less throughput
-        # at concurrency 16 (bench/serve.py). Likely cause: each thread that runs torch gets its
-        # own team of OpenMP threads, and idle teams spin on the same cores.
+        # Every batch's generate runs on this one thread. On the event loop's shared pool, which
+        # also decodes every request's image, it waited for a free thread and ran on whichever
+        # one that was. bench/serve.py, three runs of each alternately: at concurrency 16 the
+        # throughput was 1.93-2.02x one-at-a-time there, 2.28-2.41x here; a lone request's
+        # generate took the same time within the noise.
         self.generate_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     # -- routes --
