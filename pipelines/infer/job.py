@@ -2,8 +2,8 @@
 
 The driver lists the rows (:mod:`~pipelines.infer.rows`), drops the ids an earlier run already
 wrote, and streams the rest through an actor pool of model replicas
-(:class:`~pipelines.infer.replica.Answerer`); each block lands as one Parquet file under
-``OUTPUT/parts/``. A row whose image cannot be read or decoded becomes an error row, never a failed
+(:class:`~pipelines.infer.replica.Answerer`); the driver writes the answers as they come back,
+in Parquet files of at most ``rows_per_file`` rows under ``OUTPUT/parts/``. A row whose image cannot be read or decoded becomes an error row, never a failed
 job. The job ends by checking that every input id is in the output exactly once, then writes
 ``summary.json`` (and, if asked, LLaVA's answers file).
 """
@@ -161,8 +161,9 @@ def _generate(spec: InferSpec, todo: pa.Table, total: int, already_done: int) ->
 
 
 def _answer_all(spec: InferSpec, todo: pa.Table, progress: Any) -> None:
-    """Answers ``todo`` through the actor pool, one Parquet file per block under ``parts/``;
-    the replicas report their counts to ``progress`` (a :class:`RowCounter` handle)."""
+    """Answers ``todo`` through the actor pool into Parquet files of at most ``rows_per_file``
+    rows under ``parts/``; the replicas report their counts to ``progress`` (a
+    :class:`RowCounter` handle)."""
     import ray
 
     per_block = min(
@@ -190,9 +191,15 @@ def _answer_all(spec: InferSpec, todo: pa.Table, progress: Any) -> None:
     fs.makedirs(parts, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
     answered = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
-    for n, block in enumerate(answered):
-        with fs.open(f"{parts}/{run_id}-{n:06d}.parquet", "wb") as f:
-            pq.write_table(block.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA), f)
+    files = 0
+    for block in answered:
+        table = block.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
+        # Ray Data joins blocks smaller than a batch into one task, so a block that comes back
+        # can hold more than rows_per_file rows.
+        for start in range(0, len(table), spec.rows_per_file):
+            with fs.open(f"{parts}/{run_id}-{files:06d}.parquet", "wb") as f:
+                pq.write_table(table.slice(start, spec.rows_per_file), f)
+            files += 1
 
 
 def _write_answers(spec: InferSpec, output: pa.Table) -> None:

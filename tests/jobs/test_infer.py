@@ -124,8 +124,11 @@ def test_table_input_with_per_row_prompts_and_template(ray_local, model_dir, tmp
         prompt_column="ask",
         prompt="default",
         prompt_template="{prompt} / {question}",
+        rows_per_file=1,  # under the batch size: Ray Data answers the rows in one task
     )
     run_infer(spec)
+    parts = list((tmp_path / "out" / "parts").iterdir())
+    assert sorted(pq.read_metadata(f).num_rows for f in parts) == [1, 1, 1, 1]
     output = read_output(spec).to_pylist()
     prompts = {r["id"]: r["prompt"] for r in output}
     assert prompts == {
