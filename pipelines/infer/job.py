@@ -3,9 +3,10 @@
 The driver lists the rows (:mod:`~pipelines.infer.rows`), drops the ids an earlier run already
 wrote, and streams the rest through an actor pool of model replicas
 (:class:`~pipelines.infer.replica.Answerer`); the driver writes the answers as they come back,
-in Parquet files of at most ``rows_per_file`` rows under ``OUTPUT/parts/``. A row whose image cannot be read or decoded becomes an error row, never a failed
-job. The job ends by checking that every input id is in the output exactly once, then writes
-``summary.json`` (and, if asked, LLaVA's answers file).
+in Parquet files of at most ``rows_per_file`` rows under ``OUTPUT/parts/``. A row whose image
+cannot be read or decoded becomes an error row, never a failed job. The job ends by checking
+that every input id is in the output exactly once, then writes ``summary.json`` (and, if asked,
+LLaVA's answers file).
 """
 
 from __future__ import annotations
