@@ -242,9 +242,9 @@ def test_a_worker_node_removed_mid_run_is_replaced_and_the_run_finishes(
     steps = [int(r["step"]) for r in metrics_rows(spec.run_dir)]
     assert len(steps) > STEPS  # the steps since the checkpoint ran again
     assert _losses(spec) == _losses(uninterrupted[0])
-    # The autoscaler sometimes starts a third node with the run's first two (it launches for the
-    # placement group and for Ray Train's resource request in one pass), and Ray Train's standing
-    # request keeps it up: the restore then lands on that spare, which it had already added.
+    # The autoscaler sometimes starts a third node with the run's first two (its log: two nodes
+    # queued, then one more within a second, while Ray Train's resource request stood), and the
+    # spare stays up: the restore then lands on it, a node the autoscaler had already added.
     # Otherwise the node the restore needs must have joined after the removal.
     replacements = trained_on_after - trained_on_before
     assert replacements, "the restored run trained on no node beyond the two it had before"
