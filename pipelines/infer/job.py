@@ -61,8 +61,9 @@ def _parts_dir(spec: InferSpec) -> str:
 
 def read_output(spec: InferSpec, repair: bool = False) -> pa.Table:
     """All rows written so far. With ``repair``, files a killed run left half-written (no Parquet
-    footer) and files whose every id another file already holds (a retried task's twin) are
-    deleted, so each id is counted once."""
+    footer) and files whose every id another file already holds are deleted, so each id is
+    counted once. (Such twins came from retried Ray Data write tasks; the driver now writes each
+    block once, but a run resumes outputs that earlier versions wrote.)"""
     fs = filesystem(spec.output, spec.storage)
     parts = _parts_dir(spec)
     fs.invalidate_cache()
