@@ -138,6 +138,34 @@ def test_rayservice_application_is_our_serve_app_and_valid_for_ray_serve():
     assert type(application).__name__ == "Application"
 
 
+def test_every_node_runs_serve_with_haproxy_ingress():
+    """Serve's controller, the ingress on each node and the replicas each read the switch from
+    their own environment: a node without it would run the Python proxy beside HAProxy."""
+    pods = []
+    for name, path in (
+        ("raycluster.yaml", ["spec"]),
+        ("rayjob-train.yaml", ["spec", "rayClusterSpec"]),
+        ("rayservice.yaml", ["spec", "rayClusterConfig"]),
+    ):
+        spec = _manifest(name)
+        for key in path:
+            spec = spec[key]
+        groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        pods += [(name, c) for g in groups for c in g["template"]["spec"]["containers"]]
+    for name, container in pods:
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", (name, container["name"])
+    launcher = yaml.safe_load((CLUSTER / "aws-cluster.yaml").read_text())
+    starts = [
+        command
+        for key in ("head_start_ray_commands", "worker_start_ray_commands")
+        for command in launcher[key]
+        if "ray start" in command
+    ]
+    assert len(starts) == 2
+    assert all(command.startswith("RAY_SERVE_ENABLE_HA_PROXY=1 ray start") for command in starts)
+
+
 def _launcher_validator() -> jsonschema.Draft7Validator:
     import ray
 
