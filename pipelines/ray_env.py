@@ -27,6 +27,11 @@ def init_ray() -> None:
         ray.init(address=address)
     else:
         log.info("RAY_ADDRESS is not set: starting a local Ray")
+        # With Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1, the user's choice), a stopping
+        # replica keeps serving for this long so that HAProxy on every node stops routing to it
+        # first: 30 s by default, which `stf serve` would wait out on Ctrl-C. On one machine the
+        # one HAProxy reloads in about 0.5 s. Ray's processes read it from the environment.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
         ray.init(address="local", include_dashboard=False)
         global _started_local
         _started_local = True
