@@ -140,7 +140,8 @@ def test_rayservice_application_is_our_serve_app_and_valid_for_ray_serve():
 
 def test_every_node_runs_serve_with_haproxy_ingress():
     """Serve's controller, the ingress on each node and the replicas each read the switch from
-    their own environment: a node without it would run the Python proxy beside HAProxy."""
+    their own environment: a replica on a node without it would not serve HTTP itself, and
+    HAProxy would have no port to send its requests to."""
     pods = []
     for name, path in (
         ("raycluster.yaml", ["spec"]),
