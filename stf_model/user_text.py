@@ -12,9 +12,12 @@ exactly as the tokenizer produced it.
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 
@@ -115,10 +118,42 @@ def literal_token_ids(
         zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
     ):
         if token in special and any(a <= start and end <= b for a, b in user_spans):
-            pieces = tokenizer(text[start:end], add_special_tokens=False, split_special_tokens=True)
-            ids += pieces["input_ids"]
-            origin += [index] * len(pieces["input_ids"])
+            pieces = _as_text_ids(tokenizer, text[start:end])
+            ids += pieces
+            origin += [index] * len(pieces)
         else:
             ids.append(token)
             origin.append(index)
     return LiteralTokens(ids, origin, list(encoded["input_ids"]))
+
+
+# Per fast tokenizer: its vocabulary size when copied, and a copy of its Rust tokenizer that
+# always splits special tokens (made again if tokens were added since).
+_splitting_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_splitting_copies_lock = threading.Lock()
+
+
+def _as_text_ids(tokenizer: PreTrainedTokenizerBase, piece: str) -> list[int]:
+    """``piece`` tokenised with any special token in it as plain text (no BOS/EOS added).
+
+    Not ``tokenizer(piece, split_special_tokens=True)``: a fast tokenizer applies that option by
+    setting a flag on its Rust tokenizer, which every call shares, before it encodes. Calls on
+    two threads (a request's intake while the replica generates a batch) then encode under each
+    other's flag: the template's own ``<image>`` split into text, or the user's kept a
+    placeholder. A copy of the Rust tokenizer with the flag set once is shared with no other call.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not isinstance(backend, Tokenizer):  # a Python tokenizer reads the option per call
+        return tokenizer(piece, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    size = backend.get_vocab_size(with_added_tokens=True)
+    copied = _splitting_copies.get(tokenizer)
+    if copied is None or copied[0] != size:
+        with _splitting_copies_lock:
+            copied = _splitting_copies.get(tokenizer)
+            if copied is None or copied[0] != size:
+                splitting = Tokenizer.from_str(backend.to_str())
+                splitting.no_truncation()
+                splitting.no_padding()
+                splitting.encode_special_tokens = True
+                copied = _splitting_copies[tokenizer] = (size, splitting)
+    return copied[1].encode(piece, add_special_tokens=False).ids

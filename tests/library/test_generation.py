@@ -1,5 +1,8 @@
 """Batched chat generation: per-row sampling, budgets, stop strings and streaming deltas."""
 
+import concurrent.futures
+import sys
+
 import pytest
 import torch
 from PIL import Image
@@ -140,6 +143,23 @@ def test_one_injected_request_does_not_fail_the_others_in_its_batch(generator):
     results = generator.generate(batch)
     assert results[1].text == alone.text and results[1].prompt_tokens == alone.prompt_tokens
     assert all(r.completion_tokens == 5 for r in results)
+
+
+def test_user_text_stays_text_when_threads_tokenise_at_once(generator):
+    """A serve replica tokenises on two threads at once: a request's intake counts its prompt
+    while a batch is generating. Treating one user's special tokens as text must not change how
+    the other thread tokenises its prompt, nor the reverse."""
+    red = Image.new("RGB", (80, 50), (220, 20, 20))
+    prompts = [_ask(generator, INJECTED, red), _ask(generator, "What colour is it? " * 8, red)]
+    expected = [generator.prompt_ids(p) for p in prompts]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(generator.prompt_ids, prompts * 1000))
+    finally:
+        sys.setswitchinterval(interval)
+    assert got == expected * 1000
 
 
 def test_a_prompt_whose_placeholders_do_not_match_its_images_is_refused(generator):
