@@ -95,7 +95,9 @@ def test_the_crd_validator_catches_mistakes():
         assert _errors("RayCluster", broken), broken
 
 
-def test_gpu_worker_group_autoscales_from_zero_with_matching_gpus():
+def _cluster_specs() -> list[tuple[str, dict]]:
+    """Each KubeRay manifest's RayCluster spec, by file name."""
+    specs = []
     for name, path in (
         ("raycluster.yaml", ["spec"]),
         ("rayjob-train.yaml", ["spec", "rayClusterSpec"]),
@@ -104,6 +106,12 @@ def test_gpu_worker_group_autoscales_from_zero_with_matching_gpus():
         spec = _manifest(name)
         for key in path:
             spec = spec[key]
+        specs.append((name, spec))
+    return specs
+
+
+def test_gpu_worker_group_autoscales_from_zero_with_matching_gpus():
+    for name, spec in _cluster_specs():
         assert spec["enableInTreeAutoscaling"] is True, name
         head = spec["headGroupSpec"]
         assert head["rayStartParams"]["num-cpus"] == "0", name
@@ -143,14 +151,7 @@ def test_every_node_runs_serve_with_haproxy_ingress():
     their own environment: a replica on a node without it would not serve HTTP itself, and
     HAProxy would have no port to send its requests to."""
     pods = []
-    for name, path in (
-        ("raycluster.yaml", ["spec"]),
-        ("rayjob-train.yaml", ["spec", "rayClusterSpec"]),
-        ("rayservice.yaml", ["spec", "rayClusterConfig"]),
-    ):
-        spec = _manifest(name)
-        for key in path:
-            spec = spec[key]
+    for name, spec in _cluster_specs():
         groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
         pods += [(name, c) for g in groups for c in g["template"]["spec"]["containers"]]
     for name, container in pods:
