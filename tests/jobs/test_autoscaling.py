@@ -166,7 +166,13 @@ def test_train_job_scales_gpu_standin_workers_up_from_zero_and_back(cluster, uni
     assert summary.metrics["step"] == STEPS
     assert os.path.exists(os.path.join(spec.run_dir, "model", "model.safetensors"))
     launched = [n for n in cluster.nodes() if n["Resources"].get("stf_gpu")]
-    assert len(launched) == 2, "the autoscaler should have added one node per worker"
+    # One node per worker, and sometimes a spare (up to the node type's max_workers): Ray's
+    # autoscaler queues the two nodes Ray Train's request_resources asks for, then more for the
+    # workers' placement group while its view of that demand lags (a CI run's monitor.log:
+    # "Queue 2 new nodes", then "Queue 1" with only one launch listed, then "Queue 1" again
+    # with the group already placed but still shown pending). The spare stays idle and is
+    # released with the others below.
+    assert 2 <= len(launched) <= 3, "the autoscaler should have added one node per worker"
     deadline = time.monotonic() + 180
     while _alive_workers(cluster) and time.monotonic() < deadline:
         time.sleep(2)
