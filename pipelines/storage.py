@@ -90,7 +90,7 @@ def read_many(urls: list[str], storage: StorageOptions) -> dict[str, bytes | Exc
         try:
             with open(fs_path(url), "rb") as f:
                 result[url] = f.read()
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: a name the OS cannot take
             result[url] = err
     return result
 

@@ -133,6 +133,10 @@ def _image_field(record: dict) -> str | None:
         return None
     if not isinstance(image, str) or not image.strip():
         raise RecordError("bad_image_field", f"'image' is {image!r:.80}")
+    if "\x00" in image:
+        raise RecordError(
+            "bad_image_field", f"'image' {image!r:.80} holds a NUL, which no path can"
+        )
     return image
 
 

@@ -81,8 +81,9 @@ def _conv(question: str, answer: str, *more: str) -> list[dict]:
 ASK = "<image>\nWhat color is the circle?"
 LONG_ANSWER = " ".join(["red green blue yellow"] * 60)
 
-# A case: (record, or raw line text), expected outcome ("ok" / "quarantine"), reason or note.
-Case = tuple[dict | list | str, str, str]
+# A case: (record, or raw line text or bytes), expected outcome ("ok" / "quarantine"), reason
+# or note.
+Case = tuple[dict | list | str | bytes, str, str]
 
 
 def _write_images(root: Path) -> None:
@@ -167,7 +168,26 @@ def _record_cases() -> list[Case]:
         ('{"id": "nan", "score": NaN, "conversations": []}', "quarantine", "malformed_json"),
         ('{"id": "inf", "conversations": [], "w": -Infinity}', "quarantine", "malformed_json"),
         ("[" * 100_000 + "]" * 100_000, "quarantine", "malformed_json"),  # too deep to parse
+        # Half an emoji's escape (text cut short by a scraper): no tokenizer, Arrow column or
+        # file name takes it, so it is refused where the JSON is read, in any field.
+        (_raw_conv('"id": "half-emoji"', "Q \\ud83d"), "quarantine", "malformed_json"),
+        (_raw_conv('"id": "x\\ud83d"', "Q"), "quarantine", "malformed_json"),
+        (_raw_conv('"id": ' + "7" * 5000, "Q"), "quarantine", "malformed_json"),  # int() limit
+        (_raw_conv('"id": "huge", "w": 1e400', "Q"), "quarantine", "malformed_json"),
+        (_asking("nul-path", "good\x00.jpg"), "quarantine", "bad_image_field"),
+        (b'{"id": "caf\xe9", "conversations": []}', "quarantine", "malformed_json"),  # Latin-1
+        (
+            "\ufeff" + json.dumps({"id": "bom-line", "conversations": _conv("Hi?", "hello")}),
+            "ok",
+            "a BOM at the start of a line: files joined with cat",
+        ),
     ]
+
+
+def _raw_conv(fields: str, question: str) -> str:
+    """A record's JSON text with ``fields`` as written and a one-exchange conversation."""
+    turns = f'[{{"from": "human", "value": "{question}"}}, {{"from": "gpt", "value": "a"}}]'
+    return f'{{{fields}, "conversations": {turns}}}'
 
 
 def write_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
@@ -176,8 +196,11 @@ def write_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
     _write_images(root)
     expected, lines = {}, []
     for record, outcome, note in _image_cases() + _record_cases():
-        lines.append(record if isinstance(record, str) else json.dumps(record))
+        text = record if isinstance(record, str | bytes) else json.dumps(record)
+        lines.append(text if isinstance(text, bytes) else text.encode())
         key = record["id"] if isinstance(record, dict) else f"line:{len(lines)}"
+        if outcome == "ok" and isinstance(record, str):  # accepted rows are keyed by their id
+            key = json.loads(record.removeprefix("\ufeff"))["id"]
         expected[key] = (outcome, note)
-    (root / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     return expected

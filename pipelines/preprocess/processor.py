@@ -154,7 +154,7 @@ class RecordProcessor:
         if row["file_records"] is not None:
             return Parsed(file_records=row["file_records"])
         if row["error"] is not None:
-            return Parsed(error=RejectedRecord("broken_json_list", row["error"]))
+            return Parsed(error=RejectedRecord(row["reason"], row["error"]))
         try:
             record = strict_json.loads(row["raw"])
         except strict_json.NotJSON as err:

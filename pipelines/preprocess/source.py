@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import re
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -30,7 +31,8 @@ RAW_SCHEMA = pa.schema(
         ("index", pa.int64()),  # 0-based record position in the file
         ("line", pa.int64()),  # 1-based line where the record starts
         ("raw", pa.string()),  # the record's JSON text; null on a count row
-        ("error", pa.string()),  # set when the reader itself could not delimit a record
+        ("error", pa.string()),  # set when the reader itself could not read a record
+        ("reason", pa.string()),  # and then its quarantine reason
         ("file_records", pa.int64()),  # set only on the file's final count row
     ]
 )
@@ -81,10 +83,14 @@ def iter_raw_records(url: str, storage: StorageOptions) -> Iterator[dict]:
 
     A ``.jsonl``/``.ndjson`` file is JSONL whatever its first line holds (a line that is a JSON
     array is one bad record, not a list file); any other file is a JSON list when its first
-    non-blank character is ``[``. A UTF-8 byte-order mark is skipped (``utf-8-sig``)."""
+    non-blank character is ``[``. A UTF-8 byte-order mark is skipped (``utf-8-sig``), also at the
+    start of a JSONL line (files joined with ``cat``). A record with bytes that are not UTF-8 is
+    an error row, not text with replacement characters in it."""
     fs = filesystem(url, storage)
     with fs.open(fs_path(url), "rb") as binary:
-        text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
+        # surrogateescape: a bad byte becomes a lone surrogate that _record finds, where
+        # errors="replace" would let the record through with U+FFFD in place of its text.
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
         head = text.read(_CHUNK)
         jsonl = url.lower().endswith(JSONL_SUFFIXES) or not head.lstrip().startswith("[")
         yield from _jsonl(url, text, head) if jsonl else _json_list(url, text, head)
@@ -94,8 +100,29 @@ def _jsonl(url: str, text: io.TextIOBase, head: str) -> Iterator[dict]:
     index = 0
     for line_no, line in enumerate(_lines(text, head), start=1):
         if line.strip():
-            yield {"source": url, "index": index, "line": line_no, "raw": line}
+            yield _record(url, index, line_no, line.removeprefix("\ufeff"))
             index += 1
+
+
+NEWLINE = "\n"
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def _record(url: str, index: int, line: int, raw: str) -> dict:
+    bad = _NOT_UTF8.search(raw)
+    if bad is None:
+        return {"source": url, "index": index, "line": line, "raw": raw}
+    at = bad.start()
+    byte, column = ord(bad.group()) - 0xDC00, at - raw.rfind("\n", 0, at)
+    where = f"line {line + raw.count(NEWLINE, 0, at)} column {column}"
+    return {
+        "source": url,
+        "index": index,
+        "line": line,
+        "raw": None,
+        "error": f"not UTF-8 text (byte 0x{byte:02X} at {where}); JSON must be UTF-8",
+        "reason": "malformed_json",
+    }
 
 
 def _lines(text: io.TextIOBase, head: str) -> Iterator[str]:
@@ -140,21 +167,29 @@ def _json_list(url: str, text: io.TextIOBase, buf: str) -> Iterator[dict]:
         try:
             _, end = decoder.raw_decode(buf, pos)
         except json.JSONDecodeError as err:
-            chunk = "" if eof else text.read(_CHUNK)
+            chunk = "" if eof or not _may_continue(err, len(buf)) else text.read(_CHUNK)
             if chunk:  # the element may just continue past the buffer
                 buf, pos = buf[pos:] + chunk, 0
                 continue
-            yield _unreadable(url, index, line, f"{err.msg} at line {line + err.lineno - 1}")
+            at = f"line {line + buf.count(NEWLINE, pos, err.pos)}"
+            yield _unreadable(url, index, line, f"{err.msg} at {at}")
             return
         if not expect_element:
             yield _unreadable(url, index, line, "missing ',' between list elements")
             return
         raw = buf[pos:end]
-        yield {"source": url, "index": index, "line": line, "raw": raw}
+        yield _record(url, index, line, raw)
         line += raw.count("\n")
         index, pos, expect_element = index + 1, end, False
         if pos > _CHUNK:
             buf, pos = buf[pos:], 0
+
+
+def _may_continue(err: json.JSONDecodeError, buffered: int) -> bool:
+    """Whether an element that failed to parse may only be cut off by the buffer's end: the
+    parser stopped at that end, or in a string still open there. Otherwise the element is
+    broken where it is, and reading on (the whole rest of the file) would not mend it."""
+    return err.pos >= buffered - 6 or err.msg.startswith("Unterminated string")  # 6: "\\uXXXX"
 
 
 def _after_list(url: str, text: io.TextIOBase, rest: str, index: int, line: int):
@@ -178,4 +213,5 @@ def _unreadable(url: str, index: int, line: int, why: str) -> dict:
         "line": line,
         "raw": None,
         "error": f"JSON list broken: {why}; the rest of the file could not be read",
+        "reason": "broken_json_list",
     }
