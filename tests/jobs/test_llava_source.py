@@ -1,5 +1,6 @@
 """Streaming LLaVA record files: JSON lists and JSONL, positions, and broken files."""
 
+import io
 import json
 
 import pytest
@@ -48,6 +49,7 @@ def test_jsonl_positions_skip_blank_lines(tmp_path, chunk):
         ('[{"id": 1}, {"id": 2', "line 1"),
         ('[{"id": 1} {"id": 2}]', "missing ','"),
         ('[{"id": 1},\n', "not closed"),
+        ('[\n{"id": 1},\n\n{"id": 3,}\n]', "at line 4"),  # the element's own line
     ],
 )
 def test_a_broken_json_list_ends_with_one_error_row(tmp_path, chunk, text, why):
@@ -97,3 +99,39 @@ def test_blank_text_after_a_json_list_is_fine(tmp_path, chunk):
     path = tmp_path / "list.json"
     path.write_text('[{"id": 0}]\n\n  \n')
     assert [json.loads(r["raw"]) for r in records(path)] == [{"id": 0}]
+
+
+def test_a_list_broken_early_is_not_read_to_its_end(monkeypatch):
+    """Reading on only mends an element the buffer cut off; a broken one stays broken, and
+    reading the rest of a 1 GB list into memory to find that out took minutes."""
+    monkeypatch.setattr(source, "_CHUNK", 1000)
+
+    class Counting(io.StringIO):
+        chars = 0
+
+        def read(self, size=-1):
+            out = super().read(size)
+            Counting.chars += len(out)
+            return out
+
+    rest = ",\n".join(json.dumps({"id": i, "pad": "x" * 100}) for i in range(20_000))
+    text = Counting('[\n{"id": 0},\n{"id": 1,}\n,' + rest + "\n]")  # 2.4 MB
+    rows = list(source._json_list("mem.json", text, text.read(1000)))
+    assert len(rows) == 2 and "at line 3" in rows[1]["error"]
+    assert Counting.chars < 10_000
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "list.json"])
+def test_bytes_that_are_not_utf8_make_an_error_row_and_reading_goes_on(tmp_path, chunk, name):
+    path = tmp_path / name
+    good = [b'{"id": 1}', b'{"id": "caf\xe9"}', b'{"id": 3}']
+    path.write_bytes(b"\n".join(good) if name.endswith("jsonl") else b"[" + b",".join(good) + b"]")
+    rows = records(path)
+    assert [r["raw"] for r in rows] == ['{"id": 1}', None, '{"id": 3}']
+    assert rows[1]["reason"] == "malformed_json" and "byte 0xE9" in rows[1]["error"]
+
+
+def test_a_byte_order_mark_at_the_start_of_a_jsonl_line_is_skipped(tmp_path, chunk):
+    path = tmp_path / "joined.jsonl"  # two files with BOMs, joined with cat
+    path.write_bytes(b'\xef\xbb\xbf{"id": 1}\n\xef\xbb\xbf{"id": 2}\n')
+    assert [json.loads(r["raw"]) for r in records(path)] == [{"id": 1}, {"id": 2}]
