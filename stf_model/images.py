@@ -11,6 +11,7 @@ torch anyway, keeps using transformers' processor.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from stf_model.errors import ModelInputError
 from stf_model.records import RecordError
@@ -83,12 +84,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. Pillow's own ``convert("RGB")`` clips 16/32-bit integer images
     (``I;16``, ``I``) to white and float images (``F``) to black, so those are rescaled first."""
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float64)
+        # float32, in place: a 40M-pixel 16-bit PNG is small on the wire, and float64 with a
+        # temporary per step took about 1 GB. float32 rounds v / 257 exactly for v < 2^16.
+        values = np.array(image, dtype=np.float32)
         if image.mode == "F" and values.max(initial=0.0) <= 1.0:
-            values = values * 255.0  # float images in [0, 1]
+            values *= 255.0  # float images in [0, 1]
         elif image.mode != "F" and (image.mode.startswith("I;16") or values.max(initial=0.0) > 255):
-            values = values / 257.0  # 16-bit range 0..65535 -> 0..255
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+            values /= 257.0  # 16-bit range 0..65535 -> 0..255
+        np.rint(values, out=values)
+        np.clip(values, 0, 255, out=values)
+        image = Image.fromarray(values.astype(np.uint8), mode="L")
     return image.convert("RGB")
 
 
@@ -133,10 +138,14 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             # Our own limit below decides; Pillow's global bomb warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_readable_formats())
     except Image.DecompressionBombError as err:
         raise RecordError("image_too_large", str(err)) from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except MemoryError:
+        raise
+    # Any other exception is the bytes' fault: Pillow's format plugins raise many kinds on
+    # crafted files (NotImplementedError, struct.error, IndexError, ...), not only OSError.
+    except Exception as err:
         raise RecordError("image_undecodable", f"{type(err).__name__}: {err}") from err
     check_image_size(*image.size, max_pixels)
     try:
@@ -145,3 +154,19 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         return to_rgb(image)
     except (OSError, SyntaxError, ValueError) as err:  # Pillow reports truncation as OSError
         raise RecordError("image_truncated", f"{type(err).__name__}: {err}") from err
+    except MemoryError:
+        raise
+    except Exception as err:  # as above: a decoder that fails on crafted data in its own way
+        raise RecordError("image_undecodable", f"{type(err).__name__}: {err}") from err
+
+
+# Formats Pillow reads by running another program: EPS starts Ghostscript (where installed)
+# on the file, too much to run on bytes from a corpus or a request.
+_EXTERNAL_FORMATS = frozenset({"EPS"})
+
+
+@functools.cache
+def _readable_formats() -> tuple[str, ...]:
+    """Every format Pillow can open here, but those in :data:`_EXTERNAL_FORMATS`."""
+    Image.init()
+    return tuple(f for f in Image.ID if f not in _EXTERNAL_FORMATS)
