@@ -32,7 +32,7 @@ FinishReason = Literal["stop", "length", "cancelled"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one request is decoded. ``temperature == 0`` is greedy."""
+    """How one request is decoded. ``temperature`` 0 (under ``MIN_TEMPERATURE``) is greedy."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -74,9 +74,14 @@ class Completion:
 OnDelta = Callable[[int, str, FinishReason | None, int], None]
 
 
+# Below this, greedy (as in vLLM): logits / 1e-40 overflow, and the NaN fails the whole batch.
+MIN_TEMPERATURE = 1e-5
+
+
 class RowwiseSampling(LogitsProcessor):
     """Temperature and nucleus (top-p) filtering with one setting per batch row; temperature 0
-    leaves only the arg-max, so greedy and sampled requests share one ``generate`` call.
+    (below :data:`MIN_TEMPERATURE`) leaves only the arg-max, so greedy and sampled requests share
+    one ``generate`` call.
 
     Shape: scores (B, V) -> (B, V)
     """
@@ -89,8 +94,9 @@ class RowwiseSampling(LogitsProcessor):
         scores = scores.float()
         device = scores.device
         temperature = torch.tensor(self.temperatures, device=device).unsqueeze(1)
-        greedy = temperature.squeeze(1) == 0
-        scores = scores / torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+        sampled = temperature >= MIN_TEMPERATURE
+        greedy = ~sampled.squeeze(1)
+        scores = scores / torch.where(sampled, temperature, torch.ones_like(temperature))
         top_p = torch.tensor(self.top_ps, device=device).unsqueeze(1)
         if bool((top_p < 1).any()):
             # As transformers' TopPLogitsWarper, per row: drop the tail whose mass is <= 1 - top_p,

@@ -98,6 +98,16 @@ def test_rowwise_sampling_matches_transformers_top_p_and_greedy():
     assert torch.equal(out[2], scores[2])
 
 
+@pytest.mark.parametrize("tiny", [1e-40, 1.78e-39, 1e-30, 5e-6])
+def test_a_tiny_temperature_is_greedy_not_an_overflow(tiny):
+    # logits / 1e-40 overflow to inf and softmax to NaN: sampling would raise for the whole batch
+    scores = torch.randn(2, 50) * 30
+    out = RowwiseSampling([tiny, 0.9], [1.0, 0.5])(None, scores.clone())
+    assert (~torch.isinf(out[0])).sum() == 1 and out[0].argmax() == scores[0].argmax()
+    assert not out.isnan().any()
+    torch.multinomial(out.softmax(dim=-1), 1)  # what generate's sampling step does
+
+
 def test_safe_prefix_holds_back_possible_stop_starts():
     assert _safe_prefix("hello wor", ("world",)) == len("hello ")
     assert _safe_prefix("hello", ("xyz",)) == 5
@@ -171,17 +181,23 @@ def test_a_prompt_whose_placeholders_do_not_match_its_images_is_refused(generato
         generator.prompt_ids(trusted)
 
 
-def test_a_template_that_rewrites_text_falls_back_to_counting_placeholders(generator):
+def test_a_template_that_trims_keeps_its_spans_and_one_that_rewrites_falls_back(generator):
     from stf_model.user_text import render_marking_user_text
 
     class Stripping:
         def apply_chat_template(self, messages, **_):
             return "".join(f"[{m['content'].strip()}]" for m in messages)
 
+    class Shouting:
+        def apply_chat_template(self, messages, **_):
+            return "".join(f"[{m['content'].upper()}]" for m in messages)
+
     rendered = render_marking_user_text(Stripping(), [{"role": "user", "content": " a "}])
-    assert rendered == "[a]" and rendered.user_spans == ()
+    assert rendered == "[a]" and rendered.user_spans == ((1, 2),)
     exact = render_marking_user_text(Stripping(), [{"role": "user", "content": "a <image>"}])
     assert exact == "[a <image>]" and exact.user_spans == ((1, 10),)
+    rewritten = render_marking_user_text(Shouting(), [{"role": "user", "content": "a"}])
+    assert rewritten == "[A]" and rewritten.user_spans == ()
 
 
 def test_generate_each_fails_only_the_row_that_fails(generator):
