@@ -11,6 +11,7 @@ exactly as the tokenizer produced it.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import weakref
@@ -45,10 +46,11 @@ def render_marking_user_text(processor: Any, messages: list[dict], **options: An
     """Renders with ``processor.apply_chat_template`` (a processor's or a tokenizer's, with
     ``options`` such as ``chat_template=``) and finds each message's text in the result.
 
-    The template is rendered once with every text replaced by a marker, and the texts are put
-    back where the markers landed; that must give exactly the plain rendering (a template that
-    rewrites text, e.g. strips it, falls back to the plain rendering with no spans, whose
-    placeholders :meth:`ChatGenerator.prompt_ids` still counts against the images).
+    The template is rendered once with every text replaced by a marker, and the plain rendering
+    is read against it: the template's own pieces must be there verbatim, and between them each
+    message's text, as given or stripped (Llama 3's template trims it). A template that rewrites
+    text otherwise falls back to the plain rendering with no spans, whose placeholders
+    :meth:`ChatGenerator.prompt_ids` still counts against the images.
     """
     texts: list[str] = []
 
@@ -59,18 +61,27 @@ def render_marking_user_text(processor: Any, messages: list[dict], **options: An
     marked = [_with_texts(message, mark) for message in messages]
     options = {"add_generation_prompt": True, **options, "tokenize": False}
     plain = processor.apply_chat_template(messages, **options)
-    template = processor.apply_chat_template(marked, **options)
-    pieces, spans, length, last = [], [], 0, 0
-    for match in _MARK.finditer(template):
-        text = texts[int(match.group(1))]
-        pieces += [template[last : match.start()], text]
-        length += match.start() - last
-        spans.append((length, length + len(text)))
-        length += len(text)
-        last = match.end()
-    pieces.append(template[last:])
-    joined = "".join(pieces)
-    return Rendered(joined, spans) if joined == plain else Rendered(plain)
+    pieces = _MARK.split(processor.apply_chat_template(marked, **options))
+    spans = _user_spans(plain, pieces[0::2], [texts[int(i)] for i in pieces[1::2]])
+    return Rendered(plain) if spans is None else Rendered(plain, spans)
+
+
+def _user_spans(plain: str, fixed: list[str], texts: list[str]) -> list[tuple[int, int]] | None:
+    """Where each of ``texts`` sits in ``plain``, which must read ``fixed[0] text[0] fixed[1]
+    ... fixed[-1]``, each text as given or stripped; None when it does not."""
+    if not plain.startswith(fixed[0]):
+        return None
+    spans, at = [], len(fixed[0])
+    for text, after in zip(texts, fixed[1:], strict=True):
+        for form in dict.fromkeys((text, text.strip(), text.lstrip(), text.rstrip())):
+            end = at + len(form)
+            if plain.startswith(form, at) and plain.startswith(after, end):
+                spans.append((at, end))
+                at = end + len(after)
+                break
+        else:
+            return None
+    return spans if at == len(plain) else None
 
 
 def _with_texts(message: dict, mark: Callable[[str], str]) -> dict:
@@ -109,7 +120,8 @@ def literal_token_ids(
     keep: Collection[int] = (),
 ) -> LiteralTokens:
     """Tokenises ``text`` as the tokenizer does (no BOS/EOS added), except that a special token
-    lying inside one of ``user_spans`` (and not in ``keep``) becomes the tokens of its text."""
+    reaching into one of ``user_spans`` (and not in ``keep``) becomes the tokens of its text:
+    also one that user text completes across a boundary (two parts "</" and "s>")."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     special = set(special_tokens(tokenizer)) - set(keep)
     ids: list[int] = []
@@ -117,7 +129,7 @@ def literal_token_ids(
     for index, (token, (start, end)) in enumerate(
         zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
     ):
-        if token in special and any(a <= start and end <= b for a, b in user_spans):
+        if token in special and any(a < end and start < b for a, b in user_spans):
             pieces = _as_text_ids(tokenizer, text[start:end])
             ids += pieces
             origin += [index] * len(pieces)
@@ -151,9 +163,35 @@ def _as_text_ids(tokenizer: PreTrainedTokenizerBase, piece: str) -> list[int]:
         with _splitting_copies_lock:
             copied = _splitting_copies.get(tokenizer)
             if copied is None or copied[0] != size:
-                splitting = Tokenizer.from_str(backend.to_str())
+                config = json.loads(backend.to_str())
+                _drop_prefix_space(config)
+                splitting = Tokenizer.from_str(json.dumps(config))
                 splitting.no_truncation()
                 splitting.no_padding()
                 splitting.encode_special_tokens = True
                 copied = _splitting_copies[tokenizer] = (size, splitting)
     return copied[1].encode(piece, add_special_tokens=False).ids
+
+
+def _drop_prefix_space(node: Any) -> None:
+    """Turns off, in a tokenizer's JSON, the space a tokenizer adds before its input: a piece
+    cut from the middle of a text must not gain one ("a </s>" would read "a  </s>").
+
+    Metaspace (LLaMA-2, Vicuna) prepends "▁" to the first word, legacy LLaMA's normaliser
+    prepends it to the text, and ByteLevel may add a space (GPT-2's ``add_prefix_space``).
+    """
+    if isinstance(node, list):
+        node[:] = [n for n in node if not (isinstance(n, dict) and n.get("type") == "Prepend")]
+        for item in node:
+            _drop_prefix_space(item)
+    elif isinstance(node, dict):
+        if node.get("type") == "Metaspace":
+            node["prepend_scheme"] = "never"
+            node.pop("add_prefix_space", None)  # the pre-0.14 spelling of the same switch
+        if node.get("type") == "ByteLevel":
+            node["add_prefix_space"] = False
+        for key in ("normalizer", "pre_tokenizer", "normalizers", "pretokenizers"):
+            if key in node:
+                if isinstance(node[key], dict) and node[key].get("type") == "Prepend":
+                    node[key] = None
+                _drop_prefix_space(node[key])
