@@ -50,16 +50,16 @@ async def _api_error(_request: Request, err: APIError) -> JSONResponse:
 async def _server_error(request: Request, err: Exception) -> JSONResponse:
     """A bug, not a bad request: the traceback goes to the server's log under an id, the client
     gets that id and nothing of the exception (its text can hold paths, prompts or secrets)."""
-    error_id = uuid.uuid4().hex[:12]
-    log.error(
-        "request %s %s failed (error id %s)",
-        request.method,
-        request.url.path,
-        error_id,
-        exc_info=err,
-    )
-    message = f"internal server error (error id {error_id}; the server log has the details)"
+    message = _logged_server_error(f"request {request.method} {request.url.path}", err)
     return _error_response(APIError(500, message, type_="server_error"))
+
+
+def _logged_server_error(what: str, err: BaseException) -> str:
+    """Logs ``err``'s traceback under a new error id; returns the client's message, which
+    names that id and nothing of the exception."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("%s failed (error id %s)", what, error_id, exc_info=err)
+    return f"internal server error (error id {error_id}; the server log has the details)"
 
 
 @api.exception_handler(404)
@@ -280,8 +280,7 @@ class ChatServer:
                 if reason is not None:
                     yield chunk({}, reason)
         except Exception as err:  # headers are gone: report in-band, as OpenAI's API does
-            log.exception("generation failed")
-            yield protocol.sse_error(str(err))
+            yield protocol.sse_error(_logged_server_error(f"stream {completion_id}", err))
         if include_usage:
             image_tokens = len(prompt.images) * self.image_tokens
             yield chunk({}, None, protocol.usage(prompt_tokens, completion_tokens, image_tokens))

@@ -22,7 +22,10 @@ async def load_image(url: str, limits: RequestLimits, allowed_hosts: list[str]) 
     if url.startswith("data:"):
         data = _data_url_bytes(url, limits)
     else:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as err:  # e.g. "http://[::1/x.png": an unclosed IPv6 bracket
+            raise APIError(400, f"image_url is not a URL: {err}", param="image_url") from err
         if parts.scheme not in ("http", "https"):
             raise APIError(
                 400, "image_url must be a data: URL or an allowed http(s) URL", param="image_url"
@@ -108,7 +111,8 @@ async def _fetch(url: str, limits: RequestLimits) -> bytes:
                 if len(data) > limits.max_image_bytes:
                     raise _too_large(limits)
             return bytes(data)
-    except (aiohttp.ClientError, TimeoutError) as err:
+    # ValueError: a URL aiohttp cannot request, e.g. a host label over IDNA's 63 characters.
+    except (aiohttp.ClientError, TimeoutError, ValueError) as err:
         raise APIError(
             400, f"could not fetch the image: {type(err).__name__}: {err}", param="image_url"
         ) from err

@@ -9,6 +9,8 @@ drive it directly.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 from collections.abc import AsyncIterable
 from typing import Protocol
@@ -21,6 +23,9 @@ from pipelines.serve.protocol import APIError, ChatCompletionRequest, validation
 from pipelines.serve.spec import ServeSpec
 from stf_model.errors import ModelInputError
 from stf_model.generation import ChatPrompt, SamplingParams
+
+# Requests with more message text than this are rendered and counted on a worker thread.
+OFF_LOOP_CHARS = 64 * 1024
 
 
 class PromptRenderer(Protocol):
@@ -111,24 +116,20 @@ class Intake:
                 param="messages",
             )
         images = [await load_image(url, limits, self.spec.allowed_image_hosts) for url in urls]
-        messages = [m.model_dump() for m in body.messages]
-        try:
-            text = self.renderer.render(messages)
-        except Exception as err:  # the model's own template refused the conversation
-            raise APIError(
-                400, f"the model's chat template rejected the messages: {err}", param="messages"
-            ) from err
         params = SamplingParams(
             max_new_tokens=max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
             stop=tuple(body.stop or ()),
         )
-        prompt = ChatPrompt(text=text, images=images, params=params, stream=body.stream)
-        try:  # checked here, at the edge: a request that would fail its batch never joins one
-            prompt_tokens = self.renderer.count_prompt_tokens(prompt)
-        except ModelInputError as err:
-            raise APIError(400, str(err), param="messages") from err
+        messages = [m.model_dump() for m in body.messages]
+        render = functools.partial(self._render, messages, images, params, body.stream)
+        # Megabytes of text take seconds to render and count: not on the event loop, where
+        # every other stream of the replica would wait.
+        if body.text_length > OFF_LOOP_CHARS:
+            prompt, prompt_tokens = await asyncio.to_thread(render)
+        else:
+            prompt, prompt_tokens = render()
         needed = prompt_tokens + max_tokens
         if needed > self.max_context:
             raise APIError(
@@ -139,3 +140,19 @@ class Intake:
                 code="context_length_exceeded",
             )
         return prompt, prompt_tokens
+
+    def _render(
+        self, messages: list[dict], images: list, params: SamplingParams, stream: bool
+    ) -> tuple[ChatPrompt, int]:
+        """The prompt in the model's chat template, and its length in tokens."""
+        try:
+            text = self.renderer.render(messages)
+        except Exception as err:  # the model's own template refused the conversation
+            raise APIError(
+                400, f"the model's chat template rejected the messages: {err}", param="messages"
+            ) from err
+        prompt = ChatPrompt(text=text, images=images, params=params, stream=stream)
+        try:  # checked here, at the edge: a request that would fail its batch never joins one
+            return prompt, self.renderer.count_prompt_tokens(prompt)
+        except ModelInputError as err:
+            raise APIError(400, str(err), param="messages") from err

@@ -7,7 +7,15 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # ---- requests ----------------------------------------------------------------------------------
 
@@ -45,20 +53,71 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+# Numbers and flags as JSON gives them: "5", true and 5.5 are not a token count.
+Count = Annotated[int, Field(strict=True, gt=0)]
+Flag = Annotated[bool, Field(strict=True)]
+
+
 class ChatCompletionRequest(_Body):
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
+    temperature: float = Field(1.0, ge=0, le=2, strict=True)
+    top_p: float = Field(1.0, gt=0, le=1, strict=True)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: Flag = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     presence_penalty: Literal[0] = 0
     frequency_penalty: Literal[0] = 0
     logprobs: Literal[False] = False
+    # Accepted only in the forms that ask for nothing we lack: refused below, rather than
+    # silently ignored and answered wrongly.
+    top_logprobs: Literal[0] | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        # OpenAI's API takes null for any optional field (and some clients send every field).
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    @field_validator("tools", "functions", "logit_bias")
+    @classmethod
+    def _none_given(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:
+            raise ValueError(f"this server does not support {info.field_name}")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_call(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in (None, "none", "auto"):
+            raise ValueError("function calling is not supported by this server")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and value.get("type") != "text":
+            raise ValueError("only {'type': 'text'} is supported by this server")
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_if_greedy(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # One generate call samples a whole batch from one random stream: no request can have
+        # its own seed. Greedy decoding (temperature 0) is deterministic by itself.
+        if value is not None and info.data.get("temperature", 1.0) > 0:
+            raise ValueError("a seed is only honoured with temperature 0 on this server")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -67,6 +126,16 @@ class ChatCompletionRequest(_Body):
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
         return [s for s in stops if s]
+
+    @property
+    def text_length(self) -> int:
+        """Characters of message text, over every message and part."""
+        return sum(
+            len(m.content)
+            if isinstance(m.content, str)
+            else sum(len(p.text) for p in m.content if isinstance(p, TextPart))
+            for m in self.messages
+        )
 
     @property
     def image_urls(self) -> list[str]:
@@ -107,10 +176,13 @@ class APIError(Exception):
 
 
 def validation_error(err: ValidationError) -> APIError:
-    """A 400 naming the first failing field of a request body."""
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    message = f"{where}: {first['msg']}" if where else first["msg"]
+    """A 400 naming the failing field of a request body: of pydantic's errors, the deepest
+    (for ``content`` that is neither a string nor valid parts, the part's own error)."""
+    first = max(err.errors(), key=lambda e: len(e["loc"]))
+    # Without pydantic's names of union branches ("str", "list[tagged-union[...]]").
+    where = ".".join(str(p) for p in first["loc"] if p != "str" and "[" not in str(p))
+    text = first["msg"].removeprefix("Value error, ")
+    message = f"{where}: {text}" if where else text
     return APIError(400, message, param=where or None)
 
 

@@ -5,13 +5,15 @@ import asyncio
 import base64
 import io
 import json
+import struct
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
 from pipelines.serve.images import host_allowed
 from pipelines.serve.intake import Intake
-from pipelines.serve.protocol import APIError
+from pipelines.serve.protocol import APIError, ChatCompletionRequest
 from pipelines.serve.spec import ServeSpec
 
 KEY = "k-123"
@@ -51,6 +53,15 @@ def png(size=(40, 30)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def dds_with_no_pixel_format() -> bytes:
+    """A DDS whose pixel-format flags are 0: Pillow raises NotImplementedError, not OSError."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buffer, format="DDS")
+    data = bytearray(buffer.getvalue())
+    struct.pack_into("<I", data, 80, 0)
+    return bytes(data)
 
 
 def data_url(data: bytes) -> str:
@@ -99,9 +110,32 @@ def test_bodies_are_limited_parsed_and_validated(intake):
         body = b'{"messages": [{"role": "user", "content": "hi"}], "temperature": ' + constant
         err = refusal(lambda b=body: read(intake, b + b"}"))
         assert err.status == 400 and "RFC 8259" in err.message
+    user = b'{"messages": [{"role": "user", "content": '
+    for body, why in (
+        (user + b'"hi \\ud800"}]}', "lone UTF-16 surrogate"),  # half an emoji: not text
+        (user + b'"ok"}], "temperature": 1e400}', "out of range"),  # Python reads inf
+        (user + b'"ok"}], "seed": ' + b"7" * 5000 + b"}", "digits"),  # over int()'s limit
+    ):
+        err = refusal(lambda b=body: read(intake, b))
+        assert err.status == 400 and why in err.message, err.message
     schema = refusal(lambda: read(intake, {"messages": []}))
     assert schema.status == 400 and schema.param == "messages"
     assert refusal(lambda: read(intake, {**ok, "n": 2})).param == "n"
+    for field, value in (
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("tool_choice", "required"),
+        ("response_format", {"type": "json_object"}),
+        ("logit_bias", {"42": -100}),
+        ("seed", 3),  # sampled: one batch shares one random stream
+        ("max_tokens", True),
+        ("max_tokens", "5"),
+        ("stream", "yes"),
+    ):
+        err = refusal(lambda f=field, v=value: read(intake, {**ok, f: v}))
+        assert err.status == 400 and err.param == field, (field, err.message)
+    nulls = dict.fromkeys(("temperature", "top_p", "n", "stream", "stop", "logprobs", "seed"))
+    assert read(intake, {**ok, **nulls}).temperature == 1.0  # null is "not given", as OpenAI's
+    assert read(intake, {**ok, "seed": 3, "temperature": 0}).seed == 3  # greedy: deterministic
     wrong_model = refusal(lambda: read(intake, {**ok, "model": "other"}))
     assert wrong_model.status == 404 and "tiny-chat" in wrong_model.message
 
@@ -147,6 +181,14 @@ def test_a_good_request_becomes_a_prompt_with_its_image(intake, generator):
             "image_too_large",
         ),
         ("a 33:1 strip", {"messages": ask(data_url(png((99, 3))))}, 400, "image_aspect"),
+        ("an unclosed IPv6 host", {"messages": ask("http://[::1/x.png")}, 400, None),
+        (
+            "a host name no URL can hold",
+            {"messages": ask(f"http://{'a' * 70}.images.example/x.png")},
+            400,
+            None,
+        ),
+        ("a crafted DDS", {"messages": ask(data_url(dds_with_no_pixel_format()))}, 400, None),
         (
             "a host not allowed",
             {"messages": ask("http://169.254.169.254/x.png")},
@@ -195,3 +237,56 @@ def test_an_unexpected_failure_is_a_generic_500_logged_with_its_traceback(caplog
     error_id = body["error"]["message"].split("error id ")[1].split(";")[0]
     logged = [r for r in caplog.records if error_id in r.getMessage()]
     assert logged and "secret /srv/models/key.txt" in str(logged[0].exc_info[1])
+
+
+def test_a_stream_that_fails_mid_way_reports_an_error_id_not_the_exception(caplog):
+    from pipelines.serve.app import ChatServer
+
+    async def failing_run(_prompt):
+        yield "Hel", None, 1
+        raise RuntimeError("CUDA error at /srv/secret/weights.bin")
+
+    # No replica: the stream reads only these of its server.
+    server = SimpleNamespace(model_id="tiny-chat", image_tokens=36, _run=failing_run)
+    stream = ChatServer.func_or_class._sse
+
+    async def events() -> list[str]:
+        return [event async for event in stream(server, None, 3, "chatcmpl-x", False)]
+
+    sent = "".join(asyncio.run(events()))
+    assert '"Hel"' in sent and sent.endswith("data: [DONE]\n\n")
+    assert "secret" not in sent and "CUDA" not in sent and "server_error" in sent
+    error_id = sent.split("error id ")[1].split(";")[0]
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and "/srv/secret/weights.bin" in str(logged[0].exc_info[1])
+
+
+def test_a_huge_prompt_is_rendered_and_counted_off_the_event_loop(intake, generator):
+    import threading
+
+    from pipelines.serve.intake import OFF_LOOP_CHARS
+
+    class Recording:  # the generator, noting on which thread it renders and counts
+        def __init__(self):
+            self.threads = []
+
+        def render(self, messages):
+            self.threads.append(threading.current_thread())
+            return generator.render(messages)
+
+        def count_prompt_tokens(self, prompt):
+            self.threads.append(threading.current_thread())
+            return generator.count_prompt_tokens(prompt)
+
+    recording = Recording()
+    checks = Intake(intake.spec.model_copy(update={"api_key": None}), recording, max_context=200)
+    body = ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": "red " * (OFF_LOOP_CHARS // 4 + 1)}]}
+    )
+    err = refusal(lambda: asyncio.run(checks.prompt(body)))
+    assert err.code == "context_length_exceeded"
+    assert len(recording.threads) == 2
+    assert threading.main_thread() not in recording.threads  # the event loop's thread
+    small = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "red"}]})
+    asyncio.run(checks.prompt(small))
+    assert recording.threads[-1] is threading.main_thread()  # short ones stay where they are
