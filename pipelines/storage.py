@@ -14,7 +14,7 @@ import os
 import posixpath
 import shutil
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 
@@ -52,10 +52,19 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def expand_inputs(patterns: list[str], storage: StorageOptions) -> list[tuple[str, int]]:
-    """Expands files and globs into sorted ``(url, size)`` pairs; a pattern matching nothing is an
-    error, so a typo never silently reads less data."""
-    found: dict[str, int] = {}
+class InputFile(NamedTuple):
+    """A file an input pattern matched: its URL, size, and a version that changes when the file
+    does (local: modification time in ns; S3: the ETag)."""
+
+    url: str
+    size: int
+    version: str
+
+
+def expand_inputs(patterns: list[str], storage: StorageOptions) -> list[InputFile]:
+    """Expands files and globs into :class:`InputFile`\\ s sorted by URL; a pattern matching
+    nothing is an error, so a typo never silently reads less data."""
+    found: dict[str, InputFile] = {}
     for pattern in patterns:
         fs = filesystem(pattern, storage)
         matches = fs.glob(fs_path(pattern), detail=True)
@@ -63,8 +72,19 @@ def expand_inputs(patterns: list[str], storage: StorageOptions) -> list[tuple[st
         if not files:
             raise MissingInput(f"input {pattern!r} matches no file")
         for path, info in files.items():
-            found[to_url(pattern, path)] = int(info.get("size") or 0)
-    return sorted(found.items())
+            url = to_url(pattern, path)
+            found[url] = InputFile(url, int(info.get("size") or 0), _version(info))
+    return [found[url] for url in sorted(found)]
+
+
+def _version(info: dict[str, Any]) -> str:
+    """What changes when a file is rewritten, from fsspec's listing: a same-size edit keeps the
+    size, not the S3 ETag or the local modification time."""
+    for key in ("ETag", "etag", "mtime", "LastModified"):
+        if info.get(key) is not None:
+            value = info[key]
+            return str(int(value * 1e9)) if isinstance(value, float) else str(value)
+    return ""
 
 
 def arrow_filesystem(url: str, storage: StorageOptions):

@@ -26,8 +26,8 @@ def list_rows(spec: InferSpec) -> pa.Table:
     tables = []
     for location in spec.inputs:
         if location.lower().endswith(TABLE_SUFFIXES):
-            for url, _ in expand_inputs([location], spec.storage):
-                tables.append(_table_rows(url, spec))
+            for found in expand_inputs([location], spec.storage):
+                tables.append(_table_rows(found.url, spec))
         else:
             tables.append(_image_rows(location, spec))
     rows = pa.concat_tables(tables) if tables else _rows_table([], [], [])
@@ -63,7 +63,7 @@ def _image_rows(location: str, spec: InferSpec) -> pa.Table:
     else:
         base, pattern = posixpath.dirname(path.split("*")[0].split("?")[0].split("[")[0]), path
     matches = expand_inputs([to_url(location, pattern)], spec.storage)
-    urls = sorted(u for u, _ in matches if u.lower().endswith(IMAGE_SUFFIXES))
+    urls = sorted(m.url for m in matches if m.url.lower().endswith(IMAGE_SUFFIXES))
     if not urls:
         raise MissingInput(f"input {location!r} has no image files ({', '.join(IMAGE_SUFFIXES)})")
     prefix = len(to_url(location, base).rstrip("/")) + 1

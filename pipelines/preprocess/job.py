@@ -34,6 +34,7 @@ from pipelines.shards import (
 )
 from pipelines.spec import StorageOptions
 from pipelines.storage import (
+    InputFile,
     expand_inputs,
     filesystem,
     fs_path,
@@ -50,9 +51,9 @@ class PreprocessFailed(JobFailed):
     """The job ran but must not be used: too many errors, or records unaccounted for."""
 
 
-def fingerprint(spec: PreprocessSpec, files: list[tuple[str, int]], model: ModelInputs) -> str:
-    """Identifies what a run would write: the output-affecting spec, the input files and their
-    sizes, the tokenizer and the shard schema version."""
+def fingerprint(spec: PreprocessSpec, files: list[InputFile], model: ModelInputs) -> str:
+    """Identifies what a run would write: the output-affecting spec, the input files with their
+    sizes and versions (so a same-size edit counts), the tokenizer and the shard schema version."""
     payload = {
         "spec": spec.fingerprint_fields(),
         "inputs": files,
@@ -118,13 +119,14 @@ def _complete_output(spec: PreprocessSpec, run_fingerprint: str) -> ShardManifes
     return None
 
 
-def _process(spec: PreprocessSpec, files: list[tuple[str, int]], model: ModelInputs) -> WriteTally:
+def _process(spec: PreprocessSpec, files: list[InputFile], model: ModelInputs) -> WriteTally:
     """The Ray Data pipeline; returns what the sink wrote and counted."""
     init_ray()
     workers = spec.workers or max(1, int(cluster_cpus() / spec.cpus_per_worker))
     # Reading record text and writing Parquet are light next to decoding images; they reserve no
     # CPU so that a pool using every CPU cannot starve them (a deadlock on small machines).
-    records = ray.data.read_datasource(LlavaRecordsDatasource(files, spec.storage), num_cpus=0)
+    sized = [(f.url, f.size) for f in files]
+    records = ray.data.read_datasource(LlavaRecordsDatasource(sized, spec.storage), num_cpus=0)
     processed = records.map_batches(
         RecordProcessor,
         fn_constructor_args=(spec, model),
@@ -169,7 +171,7 @@ def _failures(spec: PreprocessSpec, per_file: dict[str, FileCounts], tally: Writ
 
 def build_manifest(
     spec: PreprocessSpec,
-    files: list[tuple[str, int]],
+    files: list[InputFile],
     model: ModelInputs,
     run_fingerprint: str,
     tally: WriteTally,
@@ -183,7 +185,7 @@ def build_manifest(
             written=tally.written.get(url, 0),
             quarantined=tally.quarantined.get(url, 0),
         )
-        for url, _ in files
+        for url, *_ in files
     }
     failures = _failures(spec, per_file, tally)
     read, quarantined = sum(tally.read.values()), sum(tally.quarantined.values())

@@ -92,3 +92,16 @@ def test_preprocess_from_and_to_s3_matches_local(bucket, tmp_path):
     _, quarantine = rows("s3://corpus-bucket/out", bucket, "quarantine")
     assert [(q["id"], q["reason"]) for q in quarantine] == [("lost", "image_missing")]
     assert run(s3_spec).skipped  # a finished S3 output is recognised, not rebuilt
+
+
+def test_a_same_size_edit_of_an_s3_input_changes_its_version(bucket):
+    from pipelines.storage import expand_inputs
+
+    url = "s3://corpus-bucket/edit.jsonl"
+    fs = filesystem(url, bucket)
+    fs.pipe_file(fs_path(url), b'{"id": "Cats"}\n')
+    before = expand_inputs([url], bucket)
+    fs.pipe_file(fs_path(url), b'{"id": "Dogs"}\n')
+    fs.invalidate_cache()
+    after = expand_inputs([url], bucket)
+    assert before[0].size == after[0].size and before[0].version != after[0].version
