@@ -13,6 +13,7 @@ Every problem is a :class:`RecordError` with a stable ``reason`` code from :data
 from __future__ import annotations
 
 import itertools
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ REASONS: dict[str, str] = {
     "wrong_turn_order": "turns must alternate human, gpt, ... starting with human and ending with gpt",
     "empty_turn": "a human or gpt turn has no text",
     "not_single_exchange": "the plain (pretraining) template takes one human + gpt exchange",
+    "plain_without_image": "the plain (pretraining) template keeps only the image and the answer",
     "bad_image_field": "'image' must be one relative path (a string)",
     "placeholder_count": "an image record needs exactly one <image>, in the first human turn",
     "placeholder_without_image": "<image> appears but the record has no 'image'",
@@ -81,8 +83,10 @@ def parse_record(
 ) -> Conversation:
     """Validates one LLaVA record and normalises its ``<image>`` placeholder.
 
-    ``single_exchange`` demands exactly one human + gpt pair (the ``plain`` pretraining template
-    concatenates answers, as LLaVA's ``preprocess_plain`` asserts). ``add_missing_image_token`` puts ``<image>\\n`` in front of the first human turn of an image
+    ``single_exchange`` (the ``plain`` pretraining template) demands exactly one human + gpt pair
+    about an image: that template keeps only the image and the answer, as LLaVA's
+    ``preprocess_plain`` asserts, so a text-only record would train on its answer alone.
+    ``add_missing_image_token`` puts ``<image>\\n`` in front of the first human turn of an image
     record that has none (otherwise that record is an ``image_without_placeholder`` error).
     """
     if not isinstance(record, dict):
@@ -121,8 +125,16 @@ def parse_record(
 
     if single_exchange and len(dialogue) != 2:
         raise RecordError("not_single_exchange", f"{len(dialogue)} turns")
+    if single_exchange and image is None:
+        raise RecordError("plain_without_image", "a text-only record; its question would be lost")
+    if messages[0]["role"] == "system" and IMAGE_TOKEN in messages[0]["content"]:
+        raise RecordError("placeholder_count", "an <image> in the system turn")
     _normalise_placeholder(dialogue, image, add_missing_image_token)
     return Conversation(id=record_id, image=image, messages=messages)
+
+
+def _nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
 
 
 def _image_field(record: dict) -> str | None:
@@ -217,8 +229,10 @@ def tokenize_conversation(
     for (start, end), answer in zip(spans, answers, strict=True):
         # Compared modulo whitespace: tokenizers may normalise spaces when decoding, but a span
         # that covers other text than the answer is a real mismatch.
+        # And modulo Unicode compatibility forms: a tokenizer that normalises (Qwen2: NFC)
+        # turns "e" + combining acute into "é".
         got = tokenizer.decode(ids[start:end], skip_special_tokens=True).strip()
-        if got.split() != answer.split():
+        if _nfkc(got).split() != _nfkc(answer).split():
             raise RecordError(
                 "mask_mismatch",
                 f"supervised tokens read {got!r:.60}, answer is {answer.strip()!r:.60}",

@@ -85,6 +85,36 @@ def test_system_turn_and_single_exchange():
     with pytest.raises(RecordError) as err:
         parse_record({"conversations": turns("a", "b", "c", "d")}, single_exchange=True)
     assert err.value.reason == "not_single_exchange"
+    with pytest.raises(RecordError) as err:  # plain keeps the image and the answer only
+        parse_record({"conversations": turns("Write a poem", "Cats")}, single_exchange=True)
+    assert err.value.reason == "plain_without_image"
+    image = {"image": "a.jpg", "conversations": turns("<image>\nCaption?", "A cat.")}
+    assert parse_record(image, single_exchange=True).num_images == 1
+    system = {"from": "system", "value": "Look at <image>."}
+    for record in (image, {"conversations": turns("Hi?", "Hello.")}):
+        with pytest.raises(RecordError) as err:  # the image's tokens have one place only
+            parse_record({**record, "conversations": [system, *record["conversations"]]})
+        assert err.value.reason == "placeholder_count"
+
+
+def test_an_answer_a_normalising_tokenizer_recomposes_is_no_mask_mismatch():
+    from base_models import qwen2_tokenizer
+
+    from stf_model.chat_templates import llm_chat_template
+
+    tokenizer = qwen2_tokenizer()  # its normalizer is NFC: "e" + U+0301 becomes "é"
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    conv = parse_record({"conversations": turns("Spell it.", "cafe\u0301 au lait")})
+    sample = tokenize_conversation(
+        conv.messages,
+        tokenizer,
+        llm_chat_template(tokenizer),
+        max_length=2048,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        num_images=0,
+        image_tokens=36,
+    )
+    assert sample.num_supervised > 0
 
 
 def test_labels_supervise_exactly_the_answers():
