@@ -159,6 +159,8 @@ def _failures(spec: PreprocessSpec, per_file: dict[str, FileCounts], tally: Writ
             "a JSON list file is broken part-way; the records after the break were not read "
             "(see the quarantine rows with reason broken_json_list)"
         )
+    if not read:  # an empty file, "[]", or only blank lines: nothing to train on
+        failures.append(f"the inputs hold no records: {', '.join(per_file)}")
     error_rate = quarantined / read if read else 0.0
     if error_rate > spec.max_error_rate:
         top = ", ".join(f"{r} {n}" for r, n in tally.reasons.most_common(5))

@@ -260,6 +260,14 @@ def test_a_broken_json_list_fails_the_job_even_under_the_threshold(tmp_path):
         run(PreprocessSpec(inputs=[str(path)], output=str(tmp_path / "out")))
 
 
+def test_inputs_with_no_records_fail_the_job(tmp_path):
+    (tmp_path / "empty.json").write_text("[]")
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    inputs = [str(tmp_path / "empty.json"), str(tmp_path / "blank.jsonl")]
+    with pytest.raises(PreprocessFailed, match="no records"):
+        run(PreprocessSpec(inputs=inputs, output=str(tmp_path / "out")))
+
+
 @pytest.mark.slow  # a fault test: a real SIGKILL mid-run, then the re-run (`make test-slow`)
 def test_a_killed_run_leaves_nothing_that_looks_complete(ray_local, tmp_path):
     root = tmp_path / "corpus"
