@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 from urllib.parse import urlsplit
 
 from PIL import Image
@@ -77,6 +78,9 @@ def _too_large(limits: RequestLimits) -> APIError:
     )
 
 
+_WHITESPACE = re.compile(r"\s")
+
+
 def _data_url_bytes(url: str, limits: RequestLimits) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep or ";base64" not in header or not header[5:].startswith("image/"):
@@ -85,6 +89,8 @@ def _data_url_bytes(url: str, limits: RequestLimits) -> bytes:
         )
     if len(payload) * 3 // 4 > limits.max_image_bytes:
         raise _too_large(limits)
+    if _WHITESPACE.search(payload):  # MIME-style base64, wrapped at 76 characters
+        payload = "".join(payload.split())
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as err:

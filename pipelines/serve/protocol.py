@@ -53,6 +53,7 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+MAX_STOP_CHARS = 1000
 # Numbers and flags as JSON gives them: "5", true and 5.5 are not a token count.
 Count = Annotated[int, Field(strict=True, gt=0)]
 Flag = Annotated[bool, Field(strict=True)]
@@ -125,6 +126,9 @@ class ChatCompletionRequest(_Body):
         stops = [value] if isinstance(value, str) else list(value or [])
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            # Each generated token checks the row's text against every stop string.
+            raise ValueError(f"a stop sequence is over {MAX_STOP_CHARS} characters")
         return [s for s in stops if s]
 
     @property

@@ -121,6 +121,7 @@ def test_bodies_are_limited_parsed_and_validated(intake):
     schema = refusal(lambda: read(intake, {"messages": []}))
     assert schema.status == 400 and schema.param == "messages"
     assert refusal(lambda: read(intake, {**ok, "n": 2})).param == "n"
+    assert refusal(lambda: read(intake, {**ok, "stop": ["x" * 1001]})).param == "stop"
     for field, value in (
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
         ("tool_choice", "required"),
@@ -142,6 +143,13 @@ def test_bodies_are_limited_parsed_and_validated(intake):
 
 def prompt(intake, body):
     return asyncio.run(intake.prompt(read(intake, body)))
+
+
+def test_a_mime_wrapped_data_url_is_read(intake):
+    encoded = base64.b64encode(png()).decode()
+    wrapped = "\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    chat, _ = prompt(intake, {"messages": ask(f"data:image/png;base64,{wrapped}")})
+    assert chat.images[0].size == (40, 30)
 
 
 def test_a_good_request_becomes_a_prompt_with_its_image(intake, generator):
