@@ -213,21 +213,24 @@ def test_rerun_skips_and_overwrite_rebuilds_without_duplicates(corpus, tmp_path)
     assert not changed.skipped and changed.fingerprint != first.fingerprint
 
 
-def test_a_same_size_edit_of_an_input_is_rebuilt_not_skipped(corpus, tmp_path):
+def test_a_same_size_edit_of_an_input_changes_the_run_fingerprint(corpus, tmp_path):
+    """A re-run is skipped only on the same fingerprint (test above); an edit that keeps the
+    file's size ('Cats' -> 'Dogs') must change it."""
+    from pipelines.preprocess.job import fingerprint
+    from pipelines.preprocess.processor import load_model_inputs
     from pipelines.storage import expand_inputs
 
     path = tmp_path / "edited.jsonl"
     path.write_bytes((corpus / "finetune.jsonl").read_bytes())
-    spec = PreprocessSpec(inputs=[str(path)], image_root=str(corpus), output=str(tmp_path / "out"))
-    first = run(spec)
-    (before,) = expand_inputs([str(path)], spec.storage)
-    path.write_bytes(path.read_bytes().replace(b"circle", b"CIRCLE", 1))  # same size
+    spec = PreprocessSpec(inputs=[str(path)], output=str(tmp_path / "out"))
+    model = load_model_inputs(spec)
+    before = expand_inputs([str(path)], spec.storage)
+    path.write_bytes(path.read_bytes().replace(b"circle", b"CIRCLE", 1))
     later = path.stat().st_mtime_ns + 2_000_000_000  # a later edit, whatever the clock's grain
     os.utime(path, ns=(later, later))
-    (after,) = expand_inputs([str(path)], spec.storage)
-    assert after.size == before.size and after.version != before.version
-    again = run(spec)
-    assert not again.skipped and again.fingerprint != first.fingerprint
+    after = expand_inputs([str(path)], spec.storage)
+    assert after[0].size == before[0].size and after[0].version != before[0].version
+    assert fingerprint(spec, after, model) != fingerprint(spec, before, model)
 
 
 def test_error_rate_over_the_threshold_fails_after_writing_the_quarantine(tmp_path, capsys):
