@@ -8,7 +8,8 @@ this module joins them with the ground truth and scores them overall and per que
 from __future__ import annotations
 
 import posixpath
-import string
+import re
+import unicodedata
 from collections import defaultdict
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ from pipelines.errors import InputError
 from pipelines.infer.rows import read_records
 from pipelines.infer.spec import InferSpec
 from pipelines.spec import InferenceModel, JobSpec, Location, StorageOptions
-from pipelines.storage import join, write_text
+from pipelines.storage import filesystem, fs_path, has_magic, join, write_text
 from pipelines.synth import Baselines, CorpusInfo
 
 _ARTICLES = {"a", "an", "the"}
@@ -31,11 +32,29 @@ _DIGITS = {
 }
 
 
+# A decimal point or a thousands comma sits between digits; other punctuation separates words,
+# but apostrophes and hyphens join them (don't, t-shirt).
+_NUMBER_MARK = re.compile(r"(?<=\d)[.,](?=\d)")
+
+
 def normalize_answer(text: str) -> str:
-    """Lower-case, drop punctuation and articles, spell out digits, squeeze spaces (VQA-style)."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation.replace("-", "")))
-    words = [_DIGITS.get(w, w) for w in text.split() if w not in _ARTICLES]
-    return " ".join(words)
+    """VQA-style: Unicode compatibility forms folded (NFKC: "２" is "2", full-width and curly
+    quotes plain), case folded, punctuation dropped (a decimal point kept, a thousands comma
+    removed: "3.5" is not "35", "1,000" is "1000"), articles dropped unless nothing else is
+    left (a multiple-choice "A"), digits spelled out, spaces squeezed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _NUMBER_MARK.sub(lambda m: "\ue000" if m.group() == "." else "", text)
+    text = "".join(_word_char(c) for c in text).replace("\ue000", ".")
+    words = [_DIGITS.get(w, w) for w in text.split()]
+    return " ".join([w for w in words if w not in _ARTICLES] or words)
+
+
+def _word_char(char: str) -> str:
+    if char in "'\u2019":  # apostrophes join: "don't" is "dont"
+        return ""
+    if char in "-\ue000":  # hyphens, and the decimal points marked above, stay
+        return char
+    return " " if unicodedata.category(char).startswith(("P", "S")) else char
 
 
 class Score(BaseModel):
@@ -74,10 +93,8 @@ class EvalReport(Document):
 
 def is_correct(row: dict[str, Any]) -> bool:
     """The row's prediction equals its answer once both are normalised (no prediction: wrong)."""
-    prediction = row.get("prediction")
-    return prediction is not None and normalize_answer(prediction) == normalize_answer(
-        str(row["answer"])
-    )
+    predicted = normalize_answer(row.get("prediction") or "")
+    return bool(predicted) and predicted == normalize_answer(str(row["answer"]))
 
 
 def score(predictions: list[dict[str, Any]]) -> Score:
@@ -85,7 +102,8 @@ def score(predictions: list[dict[str, Any]]) -> Score:
     (a row without a prediction, e.g. an unreadable image, counts as wrong)."""
     by_type: dict[str, list[bool]] = defaultdict(list)
     for row in predictions:
-        by_type[row.get("question_type") or "all"].append(is_correct(row))
+        kind = row.get("question_type")
+        by_type["all" if kind in (None, "") else str(kind)].append(is_correct(row))
     hits = [h for values in by_type.values() for h in values]
     return Score(
         n=len(hits),
@@ -155,16 +173,15 @@ def run(spec: EvalSpec) -> EvalReport:
     from pipelines.infer.job import read_output  # the driver imports Ray; the spec must not
     from pipelines.infer.job import run as run_inference
 
+    questions = _checked_questions(spec)  # before inference: a bad file fails in seconds
     inference = spec.inference_spec()
     summary = run_inference(inference)
     answers = {row["id"]: row for row in read_output(inference).to_pylist()}
     rows = []
-    for record in read_records(spec.questions, spec.storage):
+    for record in questions:
         key = str(record[spec.id_column])
         if key not in answers:
             continue  # beyond `limit`
-        if record.get(spec.answer_column) is None:
-            raise InputError(f"question {key!r} has no {spec.answer_column!r} (answer_column)")
         rows.append(
             {
                 "question": record.get(spec.question_column),
@@ -191,6 +208,23 @@ def run(spec: EvalSpec) -> EvalReport:
     page = render_report(report, rows, spec.storage)
     write_text(join(spec.output, "report.html"), page, spec.storage)
     return report
+
+
+def _checked_questions(spec: EvalSpec) -> list[dict[str, Any]]:
+    """The question file's records, each with an id and an answer (else :class:`InputError`)."""
+    if has_magic(spec.questions) and not filesystem(spec.questions, spec.storage).isfile(
+        fs_path(spec.questions)
+    ):
+        raise InputError(f"questions {spec.questions!r}: name one file, not a pattern")
+    records = read_records(spec.questions, spec.storage)
+    for number, record in enumerate(records, 1):
+        for column in (spec.id_column, spec.answer_column):
+            if record.get(column) is None:
+                raise InputError(
+                    f"{spec.questions} question {number} has no {column!r} "
+                    "(id_column / answer_column)"
+                )
+    return records
 
 
 def summary_line(spec: EvalSpec, report: EvalReport) -> str:

@@ -100,7 +100,7 @@ def _model_ref(value: str) -> str:
 # Spec field types: a location is a local path (made absolute) or an s3:// URL; a list of them
 # also accepts one string; a model reference is a preset name or a model directory location.
 Location = Annotated[str, AfterValidator(absolute)]
-Locations = Annotated[list[Location], BeforeValidator(_one_or_many)]
+Locations = Annotated[list[Location], BeforeValidator(_one_or_many), Field(min_length=1)]
 ModelRef = Annotated[str, AfterValidator(_model_ref)]
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]

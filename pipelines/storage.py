@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 
 import fsspec
 
-from pipelines.errors import MissingInput
+from pipelines.errors import InputError, MissingInput
 from pipelines.spec import StorageOptions, absolute
 
 
@@ -63,18 +64,46 @@ class InputFile(NamedTuple):
 
 def expand_inputs(patterns: list[str], storage: StorageOptions) -> list[InputFile]:
     """Expands files and globs into :class:`InputFile`\\ s sorted by URL; a pattern matching
-    nothing is an error, so a typo never silently reads less data."""
+    nothing is an error, so a typo never silently reads less data. A file that exists is taken
+    as named, even with glob characters in its name (``photos [2023].jsonl``)."""
     found: dict[str, InputFile] = {}
     for pattern in patterns:
         fs = filesystem(pattern, storage)
-        matches = fs.glob(fs_path(pattern), detail=True)
-        files = {p: info for p, info in matches.items() if info.get("type") == "file"}
+        path = fs_path(pattern)
+        if has_magic(path) and fs.isfile(path):
+            path = glob.escape(path)
+        matches = fs.glob(path, detail=True)
+        files = _matching_files(fs, matches, path.endswith("**"), set())
         if not files:
             raise MissingInput(f"input {pattern!r} matches no file")
         for path, info in files.items():
             url = to_url(pattern, path)
             found[url] = InputFile(url, int(info.get("size") or 0), _version(info))
     return [found[url] for url in sorted(found)]
+
+
+def _matching_files(
+    fs: Any, entries: dict[str, dict[str, Any]], recursive: bool, linked: set[str]
+) -> dict[str, dict[str, Any]]:
+    """The files among ``entries`` (a glob's or a find's listing), and symbolic links: fsspec
+    lists a link as "other", and a folder of links (a Hugging Face snapshot) would read as
+    empty. A link to a file counts as one (a broken one too, so that reading it fails loudly,
+    never silently skipped); when ``recursive`` (``**``), a linked folder's files are listed,
+    each folder once."""
+    files = {}
+    for path, info in entries.items():
+        if info.get("type") == "file" or info.get("islink") and not os.path.isdir(path):
+            files[path] = info
+        elif info.get("islink") and recursive and os.path.realpath(path) not in linked:
+            linked.add(os.path.realpath(path))
+            inside = fs.find(path, detail=True)  # glob does not list under a linked folder
+            files.update(_matching_files(fs, inside, recursive, linked))
+    return files
+
+
+def has_magic(path: str) -> bool:
+    """Whether ``path`` has glob characters (``*``, ``?``, ``[``)."""
+    return any(c in path for c in "*?[")
 
 
 def _version(info: dict[str, Any]) -> str:
@@ -104,7 +133,9 @@ def read_many(urls: list[str], storage: StorageOptions) -> dict[str, bytes | Exc
     result: dict[str, bytes | Exception] = {}
     remote = [u for u in wanted if is_s3(u)]
     if remote:
-        got = filesystem(remote[0], storage).cat([fs_path(u) for u in remote], on_error="return")
+        # Escaped: cat expands glob characters, and "brack[1].jpg" would match "brack1.jpg".
+        paths = [glob.escape(fs_path(u)) for u in remote]
+        got = filesystem(remote[0], storage).cat(paths, on_error="return")
         result.update({u: got.get(fs_path(u), FileNotFoundError(u)) for u in remote})
     for url in (u for u in wanted if not is_s3(u)):
         try:
@@ -148,14 +179,46 @@ def upload_dir(local_dir: str, url: str, storage: StorageOptions) -> None:
     """Copies a local directory to ``url``, replacing a local target; S3 objects are uploaded
     over whatever the prefix holds."""
     if not is_s3(url):
-        target = fs_path(url)
+        # Copied beside the target, then swapped in: a copy that fails (a full disk) leaves the
+        # old directory as it was.
+        target = fs_path(url).rstrip("/")
+        staged, old = (
+            f"{target}.staged-{uuid.uuid4().hex[:8]}",
+            f"{target}.old-{uuid.uuid4().hex[:8]}",
+        )
+        shutil.copytree(local_dir, staged)
         if os.path.exists(target):
-            shutil.rmtree(target)
-        shutil.copytree(local_dir, target)
+            os.rename(target, old)
+        os.rename(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
         return
     fs = filesystem(url, storage)
     fs.put(local_dir.rstrip("/") + "/", fs_path(url).rstrip("/") + "/", recursive=True)
     fs.invalidate_cache()
+
+
+def check_model_output(output: str, inputs: list[str], storage: StorageOptions) -> None:
+    """Refuses an ``output`` folder that writing a model would destroy: an input's folder, one
+    inside or around it (writing replaces the whole folder), or an existing folder holding
+    anything but a model directory of ours (``model_type: llava_stf``)."""
+    for source in inputs:
+        out, src = output.rstrip("/"), source.rstrip("/")
+        if not is_s3(out) and not is_s3(src):
+            out, src = os.path.realpath(out), os.path.realpath(src)
+        if out == src or src.startswith(out + "/") or out.startswith(src + "/"):
+            raise InputError(
+                f"output {output!r} is, holds or lies in the input {source!r}: writing it would "
+                "replace the input; name a new folder"
+            )
+    fs, path = filesystem(output, storage), fs_path(output).rstrip("/")
+    if not fs.exists(path) or (fs.isdir(path) and not fs.ls(path)):
+        return
+    config = read_json(join(output, "config.json"), storage) if fs.isdir(path) else None
+    if not isinstance(config, dict) or config.get("model_type") != "llava_stf":
+        raise InputError(
+            f"output {output!r} exists and is not a LLaVA-STF model directory: writing would "
+            "replace what it holds; name a new or empty folder"
+        )
 
 
 def read_json(url: str, storage: StorageOptions) -> Any | None:

@@ -24,11 +24,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.documents import Document
-from pipelines.errors import JobFailed
+from pipelines.errors import InputError, JobFailed
 from pipelines.infer.replica import OUTPUT_SCHEMA, Answerer
 from pipelines.infer.rows import list_rows
 from pipelines.infer.spec import InferSpec
-from pipelines.storage import filesystem, fs_path, join, write_text
+from pipelines.storage import (
+    filesystem,
+    fs_path,
+    join,
+    read_json,
+    write_json_atomic,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +101,14 @@ def run(spec: InferSpec) -> InferSummary:
     """Runs (or resumes) the job; returns the summary it writes to ``OUTPUT/summary.json``."""
     started = time.perf_counter()
     rows = list_rows(spec)
-    done = read_output(spec, repair=True)
+    claim_output(spec)
+    done = _of(rows, read_output(spec, repair=True))
     done_ids = pa.array(sorted(set(done.column("id").to_pylist())), pa.string())
     todo = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=done_ids)))
     log.info("%d rows: %d already written, %d to do", len(rows), len(done), len(todo))
     if len(todo):
         _generate(spec, todo, total=len(rows), already_done=len(rows) - len(todo))
-    output = read_output(spec, repair=True)
+    output = _of(rows, read_output(spec, repair=True))  # an earlier run may have had more rows
     written = set(output.column("id").to_pylist())
     missing = [i for i in rows.column("id").to_pylist() if i not in written]
     if missing or len(output) != len(written):
@@ -125,6 +133,53 @@ def run(spec: InferSpec) -> InferSummary:
         _write_answers(spec, output)
     summary.write(join(spec.output, "summary.json"), spec.storage)
     return summary
+
+
+def _of(rows: pa.Table, output: pa.Table) -> pa.Table:
+    """The output rows whose ids are among ``rows``."""
+    return output.filter(pc.is_in(output.column("id"), value_set=rows.column("id")))
+
+
+# The spec fields an answer depends on: a run may resume or extend an output only with these
+# unchanged (batch sizes, replicas, devices and limit change how and how much, not what).
+ANSWER_FIELDS = (
+    "inputs",
+    "image_root",
+    "id_column",
+    "image_column",
+    "prompt_column",
+    "prompt",
+    "prompt_template",
+    "system",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "max_image_pixels",
+    "model_id",
+)
+RUN_FILE = "run.json"
+
+
+def claim_output(spec: InferSpec) -> None:
+    """Records in ``OUTPUT/run.json`` what this spec's answers depend on (the model's path and
+    dtype, :data:`ANSWER_FIELDS`); refuses an output whose record differs. Resuming skips every
+    id already written, so another model's or prompt's answers would be passed off as this
+    spec's."""
+    resolved = spec.resolved()
+    mine = {"model": {k: resolved["model"][k] for k in ("path", "dtype")}}
+    mine |= {k: resolved[k] for k in ANSWER_FIELDS}
+    url = join(spec.output, RUN_FILE)
+    theirs = read_json(url, spec.storage)
+    if theirs is not None and theirs != mine:
+        changed = ", ".join(
+            f"{k}: {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v
+        )
+        raise InputError(
+            f"{spec.output} holds answers of another spec ({changed}); write to another output, "
+            "or delete it to answer everything again"
+        )
+    if theirs is None:
+        write_json_atomic(url, mine, spec.storage)
 
 
 def summary_line(spec: InferSpec, summary: InferSummary) -> str:

@@ -4,7 +4,7 @@ prompt). Every row is ``(id, image URL, rendered prompt)``; ids are unique acros
 
 from __future__ import annotations
 
-import json
+import glob
 import posixpath
 from typing import Any
 
@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines import strict_json
 from pipelines.errors import InputError, MissingInput
 from pipelines.infer.spec import InferSpec
 from pipelines.spec import StorageOptions
-from pipelines.storage import expand_inputs, filesystem, fs_path, join, to_url
+from pipelines.storage import expand_inputs, filesystem, fs_path, has_magic, join, to_url
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TABLE_SUFFIXES = (".parquet", ".jsonl")
@@ -56,12 +57,14 @@ def _image_rows(location: str, spec: InferSpec) -> pa.Table:
     relative to the folder of the pattern's first wildcard)."""
     fs = filesystem(location, spec.storage)
     path = fs_path(location).rstrip("/")
-    if not any(c in path for c in "*?["):
-        if not fs.isdir(path):
-            raise MissingInput(f"input {location!r} is neither a folder nor a table")
-        base, pattern = path, path + "/**"
-    else:
+    if fs.isdir(path):  # a folder, even one named like a glob ("photos [2023]")
+        base, pattern = path, glob.escape(path) + "/**"
+    elif has_magic(path):
         base, pattern = posixpath.dirname(path.split("*")[0].split("?")[0].split("[")[0]), path
+    else:
+        raise MissingInput(
+            f"input {location!r} is neither a folder nor a table ({', '.join(TABLE_SUFFIXES)})"
+        )
     matches = expand_inputs([to_url(location, pattern)], spec.storage)
     urls = sorted(m.url for m in matches if m.url.lower().endswith(IMAGE_SUFFIXES))
     if not urls:
@@ -78,18 +81,26 @@ def read_records(url: str, storage: StorageOptions) -> list[dict[str, Any]]:
     with fs.open(fs_path(url), "rb") as f:
         if url.lower().endswith(".parquet"):
             return pq.read_table(f).to_pylist()
-        records = []
-        for number, line in enumerate(f.read().decode().splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{url} line {number} is not JSON: {err}") from None
-        return records
+        data = f.read()
+    records = []
+    # Lines end at "\n" only: str.splitlines also splits at U+2028 and U+0085, which JSON
+    # strings may hold as they are.
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if line.strip():
+            try:
+                record = strict_json.loads(line)
+            except strict_json.NotJSON as err:
+                raise InputError(f"{url} line {number} is not JSON: {err}") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{url} line {number} is not a JSON object")
+            records.append(record)
+    return records
 
 
 def _table_rows(url: str, spec: InferSpec) -> pa.Table:
     records = read_records(url, spec.storage)
+    if not records:  # as a pattern that matches no file: never a silent job of zero rows
+        raise MissingInput(f"table {url!r} has no rows")
     root = spec.image_root or posixpath.dirname(url)
     ids, images, prompts = [], [], []
     for number, record in enumerate(records, 1):
@@ -100,8 +111,10 @@ def _table_rows(url: str, spec: InferSpec) -> pa.Table:
         is_absolute = image.startswith(("s3://", "/"))
         ids.append(str(record[spec.id_column]))
         images.append(image if is_absolute else join(root, image))
-        own = record.get(spec.prompt_column)
-        prompts.append(_render(spec, {**record, "prompt": own if own else spec.prompt}))
+        own = record.get(spec.prompt_column)  # null or "": the row has none of its own
+        prompts.append(
+            _render(spec, {**record, "prompt": spec.prompt if own in (None, "") else own})
+        )
     return _rows_table(ids, images, prompts)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import posixpath
+import string
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 
 from pipelines.spec import InferenceModel, JobSpec, Location, Locations, StorageOptions
 
@@ -52,6 +53,23 @@ class InferSpec(JobSpec):
         False, description="also write answers.jsonl in LLaVA's format (question_id, prompt, text)"
     )
     storage: StorageOptions = Field(default_factory=StorageOptions)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _names_columns(cls, value: str) -> str:
+        """Each ``{...}`` names a column, nothing else: ``{prompt.upper}`` would render a method's
+        repr as the prompt, and ``{0}``, ``{}`` or a lone ``{`` fail on the first row."""
+        try:
+            fields = [f for f in string.Formatter().parse(value) if f[1] is not None]
+        except ValueError as err:
+            raise ValueError(f"not a format string ({err}); write {{{{ for a brace") from None
+        for _, name, spec, conversion in fields:
+            if not name.isidentifier() or spec or conversion:
+                raise ValueError(
+                    f"{{{name}...}}: each {{...}} names a column, as in '{{prompt}}' "
+                    "(write {{ for a literal brace)"
+                )
+        return value
 
     @property
     def served_model_id(self) -> str:

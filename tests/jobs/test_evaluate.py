@@ -14,10 +14,34 @@ from pipelines.evaluate import normalize_answer, score
         ("The Top Left", "top left"),
         ("  red!! ", "red"),
         ("a circle", "circle"),
+        ("A", "a"),  # a multiple-choice letter is the answer, not an article
+        ("3.5", "3.5"),  # a decimal point is no punctuation: not "35"
+        ("1,000", "1000"),
+        ("left/right", "left right"),
+        ("Don't", "dont"),
+        ("\u201cRed\u201d\u3002", "red"),  # curly quotes, an ideographic full stop
+        ("\uff12", "two"),  # a full-width digit
+        ("STRASSE", "strasse"),
+        ("Stra\u00dfe", "strasse"),
+        ("cafe\u0301", "caf\u00e9"),
     ],
 )
 def test_normalisation(given, expected):
     assert normalize_answer(given) == expected
+
+
+@pytest.mark.parametrize("prediction", ["", ".", "The", "an", None])
+def test_an_empty_prediction_never_matches_a_letter_answer(prediction):
+    assert score([{"answer": "A", "prediction": prediction}]).accuracy == 0.0
+    assert score([{"answer": "A", "prediction": "A."}]).accuracy == 1.0
+
+
+def test_question_types_that_are_not_strings_are_scored():
+    rows = [{"answer": "2", "prediction": "two", "question_type": 1}]
+    assert score([*rows, {"answer": "x", "prediction": "y", "question_type": "b"}]).by_type == {
+        "1": 1.0,
+        "b": 0.0,
+    }
 
 
 def test_score_by_type():

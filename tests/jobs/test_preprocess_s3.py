@@ -105,3 +105,19 @@ def test_a_same_size_edit_of_an_s3_input_changes_its_version(bucket):
     fs.invalidate_cache()
     after = expand_inputs([url], bucket)
     assert before[0].size == after[0].size and before[0].version != after[0].version
+
+
+def test_s3_keys_with_glob_characters_are_read_as_named(bucket):
+    from pipelines.storage import read_many
+
+    fs = filesystem("s3://corpus-bucket", bucket)
+    for name, data in (
+        ("brack[1].jpg", b"bracketed"),
+        ("brack1.jpg", b"plain"),
+        ("q*.jpg", b"star"),
+    ):
+        fs.pipe_file(f"corpus-bucket/imgs/{name}", data)
+    urls = [f"s3://corpus-bucket/imgs/{n}" for n in ("brack[1].jpg", "q*.jpg", "none[2].jpg")]
+    got = read_many(urls, bucket)
+    assert got[urls[0]] == b"bracketed" and got[urls[1]] == b"star"  # not brack1.jpg's bytes
+    assert isinstance(got[urls[2]], FileNotFoundError)
