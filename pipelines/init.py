@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from pipelines.errors import MissingInput
 from pipelines.spec import JobSpec, Location, StorageOptions
-from pipelines.storage import expand_inputs, join, local_copy, upload_dir
+from pipelines.storage import check_model_output, expand_inputs, join, local_copy, upload_dir
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def run(spec: InitSpec) -> InitSummary:
     from stf_model.assemble import assemble, image_statistics, load_llm, load_tower
     from stf_model.chat_templates import llm_chat_template
 
+    check_model_output(spec.output, [spec.llm, spec.vision_tower], spec.storage)
     dtype = getattr(torch, spec.dtype)
     llm, tokenizer = load_llm(_local_dir(spec.llm, spec.storage, "llm"), dtype)
     tower, image_processor = load_tower(

@@ -106,6 +106,26 @@ def test_init_writes_bfloat16_by_default_and_refuses_impossible_fusion(bases, tm
     assert "not a vision tower" in capsys.readouterr().err
 
 
+def test_init_never_writes_over_its_inputs_or_a_folder_that_is_not_a_model(bases, tmp_path, capsys):
+    llm = bases["llama"]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    for output, why in (
+        (llm, "is, holds or lies in the input"),
+        (llm.parent, "is, holds or lies in the input"),  # the folder holding both bases
+        (llm / "sub", "is, holds or lies in the input"),
+        (notes, "is not a LLaVA-STF model directory"),
+    ):
+        assert main(init_args(llm, bases["clip"], output)) == 2, output
+        assert why in capsys.readouterr().err
+    assert (notes / "todo.txt").read_text() == "keep me" and (llm / "config.json").exists()
+    model = tmp_path / "model"
+    assert main(init_args(llm, bases["clip"], model)) == 0
+    assert main(init_args(llm, bases["clip"], model, "seed=1")) == 0  # ours: replaced whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "notes"]  # nothing staged left
+
+
 def test_init_from_and_to_s3(bases, s3_server, tmp_path, monkeypatch):
     from pipelines.spec import StorageOptions
     from pipelines.storage import filesystem, local_copy
