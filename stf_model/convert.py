@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -55,10 +56,10 @@ def read_state_dict(directory: str | os.PathLike, prefix: str = "") -> dict[str,
     """All tensors of a checkpoint directory: ``*.safetensors`` if any, else ``*.bin`` read with
     ``torch.load(weights_only=True)`` (no pickled code runs). Keeps keys starting with ``prefix``."""
     directory = Path(directory)
-    files = sorted(directory.glob("*.safetensors"))
+    files = _weight_files(directory, "safetensors")
     loader = load_file
     if not files:
-        files = sorted(directory.glob("*.bin"))
+        files = _weight_files(directory, "bin")
         loader = _load_bin
     if not files:
         raise ModelInputError(f"no *.safetensors or *.bin weight files in {directory}")
@@ -70,8 +71,20 @@ def read_state_dict(directory: str | os.PathLike, prefix: str = "") -> dict[str,
     return state
 
 
+def _weight_files(directory: Path, suffix: str) -> list[Path]:
+    """The weight shards: those a ``*.index.json`` maps, else every ``*.{suffix}`` but the
+    trainer's ``training_args.bin`` (a pickle of settings, no tensors)."""
+    for index in sorted(directory.glob(f"*.{suffix}.index.json")):
+        names = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        return [directory / name for name in names]
+    return sorted(p for p in directory.glob(f"*.{suffix}") if p.name != "training_args.bin")
+
+
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ModelInputError(f"{path} is not a weights file torch can load safely: {err}") from err
 
 
 def map_published_key(key: str) -> str | None:
@@ -133,6 +146,7 @@ def convert_published_checkpoint(
         raise ModelInputError(f"{src} has no config.json: it is not a checkpoint directory")
     src_config = json.loads((src / "config.json").read_text())
     state = read_state_dict(src)
+    _check_published_layout(src, state)
     vision_config, vision_state = _vision_part(src_config, state, vision_tower)
     text_config = _text_config(src_config)
     feature_layers, inferred_window = infer_fusion(
@@ -174,6 +188,19 @@ def convert_published_checkpoint(
     return model.config
 
 
+def _check_published_layout(src: Path, state: dict[str, torch.Tensor]) -> None:
+    """Names the layout of a checkpoint that is not the published one (rather than a KeyError)."""
+    if "model.mm_projector.0.weight" in state:
+        return
+    if any(k.startswith(("multi_modal_projector.", "model.multi_modal_projector.")) for k in state):
+        what = "a llava-hf (transformers' LlavaForConditionalGeneration) checkpoint"
+    elif "model.mm_projector.weight" in state:
+        what = "a LLaVA-1 checkpoint with a linear projector (LLaVA-STF's is a 2-layer MLP)"
+    else:
+        what = "no LLaVA projector (model.mm_projector.*): an LLM or another model's checkpoint"
+    raise ModelInputError(f"{src} is not in the published LLaVA-STF layout: {what}")
+
+
 # LLaVA's model types -> the LLM's (the LLaVA-NeXT / OneVision code base adds the LLM's name).
 LLAVA_LLM_TYPES = {
     "llava": "llama",
@@ -194,7 +221,9 @@ def _text_config(src_config: dict) -> PretrainedConfig:
             f"one of {', '.join(LLAVA_LLM_TYPES)} or a causal LM's own type (llama, qwen2, ...)"
         )
     config_class = CONFIG_MAPPING[llm_type]
-    known = config_class().to_dict().keys()
+    # transformers 5 keeps RoPE's settings in rope_parameters, but reads the names published
+    # configs use (Llama 3's rope_theta 500000, Qwen2's 1e6): dropped, the LLM would be wrong.
+    known = {*config_class().to_dict().keys(), "rope_theta", "rope_scaling"}
     fields = {k: v for k, v in src_config.items() if k in known and not k.startswith("mm_")}
     fields.pop("architectures", None)
     fields.pop("model_type", None)

@@ -30,8 +30,10 @@ def assign_weights(
     with torch.device("meta"):
         model = STFForConditionalGeneration(config)
     expected = set(model.state_dict())
+    # CLIP's position_ids is a buffer that some CLIP dumps omit and older ones (the 2022
+    # pytorch_model.bin of clip-vit-large-patch14-336) store; it is recomputed, not learned.
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith("position_ids")}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    # CLIP's position_ids is a buffer that some CLIP dumps omit; it is recomputed, not learned.
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ModelInputError(

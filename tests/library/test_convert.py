@@ -145,3 +145,40 @@ def test_convert_a_qwen2_based_checkpoint_with_a_tied_head(tmp_path, pixels):
     norm = normalize_pixels(pixels, model.config.image_mean, model.config.image_std)
     expected = published_image_features(tensors, vision_tensors, vision_cfg, norm)
     torch.testing.assert_close(model.get_image_features(pixels), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_convert_takes_real_checkpoints_quirks(tmp_path):
+    """What published checkpoints and their folders hold beyond the tiny one: RoPE settings under
+    their legacy names (Llama 3's rope_theta 500000, Qwen2's 1e6), the Trainer's
+    training_args.bin beside .bin shards, and a CLIP dump that stores position_ids."""
+    import json
+
+    src, tower = tmp_path / "published", tmp_path / "clip"
+    _, vision_tensors, vision_cfg = published_checkpoint(src, False, "bin", False)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    config["rope_theta"] = 500000.0
+    (src / "config.json").write_text(json.dumps(config))
+    torch.save({"learning_rate": 2e-5, "run": object}, src / "training_args.bin")  # a pickle
+    CLIPVisionModel(vision_cfg).save_pretrained(tower)
+    clip_weights = dict(vision_tensors)
+    clip_weights["vision_model.embeddings.position_ids"] = torch.arange(10).unsqueeze(0)
+    for shard in tower.glob("*.safetensors"):
+        shard.unlink()
+    save_file({k: v.contiguous() for k, v in clip_weights.items()}, tower / "model.safetensors")
+    convert(src, tmp_path / "ours", vision_tower=tower)
+    model = STFForConditionalGeneration.from_pretrained(tmp_path / "ours")
+    assert model.config.text_config.rope_parameters["rope_theta"] == 500000.0
+
+
+def test_convert_names_a_layout_that_is_not_the_published_one(tmp_path):
+    src = tmp_path / "llava-hf"
+    published_checkpoint(src, True, "safetensors", True)
+    for shard in src.glob("*.safetensors"):
+        renamed = {
+            k.replace("model.mm_projector.", "multi_modal_projector.linear_"): v
+            for k, v in load_file(shard).items()
+        }
+        save_file(renamed, shard)
+    with pytest.raises(ModelInputError, match="llava-hf"):
+        convert(src, tmp_path / "o")
