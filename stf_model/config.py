@@ -90,10 +90,12 @@ class STFConfig(LlavaConfig):
     # ---- validation -----------------------------------------------------------------------
     def _check_fusion(self) -> None:
         vision = self.vision_config
-        if vision.image_size % vision.patch_size:
+        # The patch convolution floors: SigLIP so400m's 384 px in 14 px patches is a 27x27
+        # grid (the last 6 pixels unused), as transformers' processors count it too.
+        if vision.image_size < vision.patch_size:
             raise ModelInputError(
-                f"vision image_size {vision.image_size} is not a multiple of patch_size "
-                f"{vision.patch_size}: the patch grid must be whole"
+                f"vision image_size {vision.image_size} is smaller than patch_size "
+                f"{vision.patch_size}: no patch fits"
             )
         expected = "default" if self.has_cls_token else "full"
         if self.vision_feature_select_strategy != expected:
@@ -106,7 +108,11 @@ class STFConfig(LlavaConfig):
                 f"vision_feature_select_strategy must be {expected!r} for a {vision.model_type} "
                 f"tower ({why}): got {self.vision_feature_select_strategy!r}"
             )
-        if not isinstance(self.stf_window, int) or self.stf_window < 1:
+        if (
+            not isinstance(self.stf_window, int)
+            or isinstance(self.stf_window, bool)
+            or self.stf_window < 1
+        ):
             raise ModelInputError(f"stf_window must be a positive integer, got {self.stf_window!r}")
         grid = self.grid_size
         if grid % self.stf_window:

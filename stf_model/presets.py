@@ -3,6 +3,7 @@ published models, whose weights users load from a local or S3 directory (nothing
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -103,9 +104,20 @@ def _llava_15_7b(**overrides: Any) -> STFConfig:
 
 
 def _with_overrides(vision, text, fields: dict, overrides: dict) -> STFConfig:
+    # A config takes any keyword and keeps it: a typo ("stf_windw") would be stored and ignored.
     for key in [k for k in overrides if k.startswith(("vision.", "text."))]:
         target = vision if key.startswith("vision.") else text
-        setattr(target, key.split(".", 1)[1], overrides.pop(key))
+        name = key.split(".", 1)[1]
+        if name not in target.to_dict():
+            raise ModelInputError(f"unknown override {key!r}: {target.model_type} has no {name!r}")
+        setattr(target, name, overrides.pop(key))
+    known = set(inspect.signature(STFConfig.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ModelInputError(
+            f"unknown override(s) {unknown}: not STFConfig fields (stf_window, "
+            "vision_feature_layer, ...) nor vision.* / text.* fields"
+        )
     return STFConfig(vision_config=vision, text_config=text, **{**fields, **overrides})
 
 

@@ -64,3 +64,46 @@ def test_config_json_round_trip(tmp_path):
     loaded = STFConfig.from_pretrained(tmp_path)
     assert loaded.stf_window == 3 and loaded.feature_layers == config.feature_layers
     assert loaded.num_image_tokens == 16
+
+
+def test_a_grid_the_patches_do_not_fill_is_floored_as_the_tower_does():
+    """SigLIP so400m: 384 px in 14 px patches is 27x27 patches (the tower's conv floors)."""
+    from transformers import SiglipVisionConfig
+
+    from stf_model import STFForConditionalGeneration
+
+    vision = SiglipVisionConfig(
+        image_size=384,
+        patch_size=14,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+
+    def siglip(window):
+        text = preset_config("tiny").text_config
+        return STFConfig(
+            vision_config=vision,
+            text_config=text,
+            vision_feature_layer=[-2, 2],
+            vision_feature_select_strategy="full",
+            stf_window=window,
+            image_token_index=4,
+        )
+
+    config = siglip(3)
+    assert config.grid_size == 27 and config.num_image_tokens == 81
+    with pytest.raises(ValueError, match="27x27 is not divisible by stf_window 2"):
+        siglip(2)
+    with pytest.raises(ValueError, match="stf_window must be a positive integer"):
+        siglip(True)
+    tower_tokens = STFForConditionalGeneration(config).model.vision_tower.embeddings.num_patches
+    assert tower_tokens == 27 * 27
+
+
+@pytest.mark.parametrize("override", [{"stf_windw": 3}, {"text.num_hiden_layers": 4}])
+def test_a_misspelt_override_is_refused_not_stored(override):
+    with pytest.raises(ValueError, match="unknown override"):
+        preset_config("tiny", **override)
+    assert preset_config("tiny", **{"text.num_hidden_layers": 1}).text_config.num_hidden_layers == 1
