@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pipelines.errors import InputError, MissingInput
 from pipelines.spec import Device, Dtype, InferenceModel, StorageOptions
-from pipelines.storage import local_copy
+from pipelines.storage import local_copy, read_json
 from stf_model import (
     PRESETS,
     STFConfig,
@@ -57,7 +57,15 @@ def load_config(ref: str, storage: StorageOptions, overrides: dict[str, Any] | N
     """The model's config, without weights: a preset (with ``overrides``) or a directory's."""
     if ref in PRESETS:
         return preset_config(ref, **(overrides or {}))
-    return STFConfig.from_pretrained(model_dir(ref, storage, ("*.json",)))
+    folder = model_dir(ref, storage, ("*.json",))
+    model_type = (read_json(os.path.join(folder, "config.json"), storage) or {}).get("model_type")
+    if model_type != STFConfig.model_type:
+        raise InputError(
+            f"{ref} is not a LLaVA-STF model directory (its config.json says model_type "
+            f"{model_type!r}): build one from a base LLM and tower with `stf init`, or convert a "
+            "published checkpoint with `stf convert`"
+        )
+    return STFConfig.from_pretrained(folder)
 
 
 def load_tokenizer(ref: str, storage: StorageOptions) -> PreTrainedTokenizerBase:

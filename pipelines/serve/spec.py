@@ -38,6 +38,13 @@ class DeploymentOptions(JobSpec):
         1800, description="on a cluster, seconds to wait for the replicas to start before giving up"
     )
 
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _ray_queue(cls, value: int) -> int:
+        if value == 0:  # Ray Serve refuses 0 when it deploys
+            raise ValueError("must be -1 (no limit) or at least 1")
+        return value
+
     @field_validator("autoscaling_config")
     @classmethod
     def _ray_autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -111,7 +118,7 @@ class ServeSpec(JobSpec):
     )
     app_name: str = Field("stf", description="Ray Serve application name")
     host: str = Field("127.0.0.1", description="HTTP host Serve's proxy binds (0.0.0.0 to expose)")
-    port: PositiveInt = Field(8000, description="HTTP port")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     route_prefix: str = Field("/", description="URL prefix of the API")
     ui: bool = Field(
         True,
@@ -131,6 +138,13 @@ class ServeSpec(JobSpec):
         "STF_API_KEY", description="environment variable read for the key when api_key is unset"
     )
     storage: StorageOptions = Field(default_factory=StorageOptions)
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _ray_route(cls, value: str) -> str:
+        if not value.startswith("/") or (value != "/" and value.endswith("/")):
+            raise ValueError("must start with '/' and not end with one (as '/' or '/v1')")
+        return value
 
     @model_validator(mode="after")
     def _batch_fits(self) -> ServeSpec:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
@@ -48,7 +48,10 @@ class OptimizerOptions(JobSpec):
         None, description="peak learning rate (default: 1e-3 pretrain, 2e-5 finetune)"
     )
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
     eps: PositiveFloat = 1e-8
     vision_tower_lr: PositiveFloat | None = Field(
         None, description="learning rate of the vision tower when it trains (default: lr / 10)"

@@ -125,3 +125,42 @@ def test_every_example_spec_is_valid():
         job = next((j for j in SPECS if path.name.startswith(f"{j}-")), None)
         assert job is not None, f"{path}: no job named by its file name"
         load_spec(spec_class(job), path)
+
+
+@pytest.mark.parametrize(
+    "job,text,needle",
+    [
+        ("serve", "model: {path: /m}\ndeployment: {max_queued_requests: 0}\n", "max_queued"),
+        ("serve", "model: {path: /m}\nroute_prefix: v1\n", "route_prefix"),
+        ("serve", "model: {path: /m}\nroute_prefix: /api/\n", "route_prefix"),
+        ("serve", "model: {path: /m}\nport: 70000\n", "port"),
+        ("infer", "model: {path: /m}\ninputs: []\noutput: /o\n", "inputs"),
+        (
+            "train",
+            "name: r\nstorage_path: /r\nstage: finetune\ndata: [/d]\ninit_from: /m\n"
+            "optimizer: {betas: [1.5, -2]}\n",
+            "betas",
+        ),
+    ],
+)
+def test_values_ray_or_torch_would_refuse_later_are_refused_when_the_spec_loads(
+    tmp_path, job, text, needle
+):
+    """Refused at load time, naming the key, rather than as a traceback from Ray Serve's deploy
+    or from Adam inside every training worker."""
+    from pipelines.cli import spec_class
+
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_class(job), write(tmp_path, text), [])
+    assert needle in str(err.value)
+
+
+def test_a_model_directory_that_is_not_ours_is_named_as_such(tmp_path):
+    from base_models import save_llama
+
+    from pipelines.errors import InputError
+    from pipelines.models import load_config
+
+    save_llama(tmp_path / "llama")
+    with pytest.raises(InputError, match="not a LLaVA-STF model directory.*'llama'"):
+        load_config(str(tmp_path / "llama"), StorageOptions())
