@@ -99,6 +99,39 @@ def qwen2_tokenizer() -> Qwen2Tokenizer:
     return tokenizer
 
 
+def save_llama_with_only_a_sentencepiece_model(path: Path) -> bytes:
+    """A Vicuna-style LLM directory whose tokenizer is ``tokenizer.model`` alone (no
+    tokenizer.json), as ``lmsys/vicuna-7b-v1.5`` ships it; returns the model's bytes. The
+    SentencePiece model is trained here, LLaMA's way (BPE, byte fallback, digits split, no
+    normalisation)."""
+    import io
+
+    import sentencepiece
+
+    save_llama(path)
+    (path / "tokenizer.json").unlink()
+    words = "the red circle is at the top left what color shape two blue square 1 2 3"
+    lines = [" ".join(words.split()[i:] + words.split()[:i]) for i in range(len(words.split()))]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 20),
+        model_writer=model,
+        vocab_size=300,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    (path / "tokenizer.model").write_bytes(model.getvalue())
+    return model.getvalue()
+
+
 def save_llama(path: Path, seed: int = 0) -> Path:
     """A Vicuna-shaped LLM directory: config, sharded safetensors, tokenizer files."""
     tokenizer = llama_tokenizer()

@@ -139,3 +139,16 @@ def test_an_image_processor_for_another_size_is_refused(bases):
     processor.crop_size = {"height": 336, "width": 336}
     with pytest.raises(ModelInputError, match="makes 336 px images but the tower takes 48 px"):
         image_statistics(processor, tower.config)
+
+
+def test_a_llm_whose_tokenizer_is_only_a_sentencepiece_model_loads(tmp_path):
+    import sentencepiece
+    from base_models import save_llama_with_only_a_sentencepiece_model
+
+    from stf_model.assemble import load_llm
+
+    model = save_llama_with_only_a_sentencepiece_model(tmp_path / "vicuna")
+    _, tokenizer = load_llm(tmp_path / "vicuna", torch.float32)
+    reference = sentencepiece.SentencePieceProcessor(model_proto=model)
+    for text in ["What color is the circle?", "two blue squares, 123 é\nthe top left"]:
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == reference.encode(text)
