@@ -101,8 +101,9 @@ def run(spec: InferSpec) -> InferSummary:
     """Runs (or resumes) the job; returns the summary it writes to ``OUTPUT/summary.json``."""
     started = time.perf_counter()
     rows = list_rows(spec)
-    claim_output(spec)
-    done = _of(rows, read_output(spec, repair=True))
+    written = read_output(spec, repair=True)
+    claim_output(spec, holds_answers=len(written) > 0)
+    done = _of(rows, written)
     done_ids = pa.array(sorted(set(done.column("id").to_pylist())), pa.string())
     todo = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=done_ids)))
     log.info("%d rows: %d already written, %d to do", len(rows), len(done), len(todo))
@@ -160,17 +161,18 @@ ANSWER_FIELDS = (
 RUN_FILE = "run.json"
 
 
-def claim_output(spec: InferSpec) -> None:
+def claim_output(spec: InferSpec, holds_answers: bool) -> None:
     """Records in ``OUTPUT/run.json`` what this spec's answers depend on (the model's path and
-    dtype, :data:`ANSWER_FIELDS`); refuses an output whose record differs. Resuming skips every
-    id already written, so another model's or prompt's answers would be passed off as this
-    spec's."""
+    dtype, :data:`ANSWER_FIELDS`); refuses an output that holds answers under a record that
+    differs. Resuming skips every id already written, so another model's or prompt's answers
+    would be passed off as this spec's. (A run that failed before answering anything, say on a
+    mistyped model path, claimed nothing.)"""
     resolved = spec.resolved()
     mine = {"model": {k: resolved["model"][k] for k in ("path", "dtype")}}
     mine |= {k: resolved[k] for k in ANSWER_FIELDS}
     url = join(spec.output, RUN_FILE)
     theirs = read_json(url, spec.storage)
-    if theirs is not None and theirs != mine:
+    if holds_answers and theirs is not None and theirs != mine:
         changed = ", ".join(
             f"{k}: {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v
         )
@@ -178,7 +180,7 @@ def claim_output(spec: InferSpec) -> None:
             f"{spec.output} holds answers of another spec ({changed}); write to another output, "
             "or delete it to answer everything again"
         )
-    if theirs is None:
+    if theirs != mine:
         write_json_atomic(url, mine, spec.storage)
 
 

@@ -73,12 +73,15 @@ def test_a_prompt_template_names_columns_only(template):
 
 def test_an_output_holding_another_specs_answers_is_refused(tmp_path):
     first = spec(["/data/images"], tmp_path / "out")
-    claim_output(first)
-    claim_output(first.model_copy(update={"limit": 3, "batch_size": 2}))  # how much, how: fine
+    claim_output(first, holds_answers=False)
+    claim_output(first.model_copy(update={"limit": 3, "batch_size": 2}), holds_answers=True)
     other_model = first.model_copy(update={"model": first.model.model_copy(update={"path": "/b"})})
     for changed in (other_model, first.model_copy(update={"prompt": "Count the objects."})):
         with pytest.raises(InputError, match="holds answers of another spec"):
-            claim_output(changed)
+            claim_output(changed, holds_answers=True)
+    claim_output(other_model, holds_answers=False)  # the first run answered nothing: a fix
+    with pytest.raises(InputError, match=r"'path': '/b'.* -> .*'path': '/models/a'"):
+        claim_output(first, holds_answers=True)
 
 
 def test_eval_checks_its_question_file_before_answering_anything(tmp_path):
