@@ -11,6 +11,7 @@ import pytest
 import requests
 
 
+@pytest.mark.slow  # ~17 s on 2 cores: a CLI process interrupted (`make test-slow`, and CI)
 def test_stf_serve_command_serves_until_interrupted(ray_local, tmp_path):
     from stf_model import build_tiny, save_model_dir
 

@@ -89,6 +89,7 @@ def test_infer_and_serve_replicas_asking_for_a_gpu(local, model_dir, image_dir, 
     assert "3 replicas" in refused(lambda: run_serve(many, blocking=False))
 
 
+@pytest.mark.slow  # ~10 s on 2 cores: a second Ray head, the CLI's own (`make test-slow`, CI)
 def test_the_cli_on_its_own_local_ray_exits_2_at_once(model_dir, image_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     args = ["infer", "--set", f"model.path={model_dir}", "--set", f"inputs={image_dir}"]
