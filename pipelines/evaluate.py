@@ -211,18 +211,19 @@ def run(spec: EvalSpec) -> EvalReport:
 
 
 def _checked_questions(spec: EvalSpec) -> list[dict[str, Any]]:
-    """The question file's records, each with an id and an answer (else :class:`InputError`)."""
+    """The question file's records, each with an id, a question and an answer (else
+    :class:`InputError`: a question without text would be asked the default prompt)."""
     if has_magic(spec.questions) and not filesystem(spec.questions, spec.storage).isfile(
         fs_path(spec.questions)
     ):
         raise InputError(f"questions {spec.questions!r}: name one file, not a pattern")
     records = read_records(spec.questions, spec.storage)
     for number, record in enumerate(records, 1):
-        for column in (spec.id_column, spec.answer_column):
-            if record.get(column) is None:
+        for column in (spec.id_column, spec.question_column, spec.answer_column):
+            if record.get(column) in (None, ""):
                 raise InputError(
                     f"{spec.questions} question {number} has no {column!r} "
-                    "(id_column / answer_column)"
+                    "(id_column / question_column / answer_column)"
                 )
     return records
 

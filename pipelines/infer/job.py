@@ -101,9 +101,9 @@ def run(spec: InferSpec) -> InferSummary:
     """Runs (or resumes) the job; returns the summary it writes to ``OUTPUT/summary.json``."""
     started = time.perf_counter()
     rows = list_rows(spec)
-    written = read_output(spec, repair=True)
-    claim_output(spec, holds_answers=len(written) > 0)
-    done = _of(rows, written)
+    earlier = read_output(spec, repair=True)
+    claim_output(spec, holds_answers=len(earlier) > 0)
+    done = _of(rows, earlier)
     done_ids = pa.array(sorted(set(done.column("id").to_pylist())), pa.string())
     todo = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=done_ids)))
     log.info("%d rows: %d already written, %d to do", len(rows), len(done), len(todo))
