@@ -27,14 +27,33 @@ def init_ray() -> None:
         ray.init(address=address)
     else:
         log.info("RAY_ADDRESS is not set: starting a local Ray")
-        # With Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1, the user's choice), a stopping
-        # replica keeps serving for this long so that HAProxy on every node stops routing to it
-        # first: 30 s by default, which `stf serve` would wait out on Ctrl-C. On one machine the
-        # one HAProxy reloads in about 0.5 s. Ray's processes read it from the environment.
-        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+        use_local_ray_defaults()
         ray.init(address="local", include_dashboard=False)
         global _started_local
         _started_local = True
+
+
+# Ray's settings that suit a cluster but cost a job on one machine seconds it need not wait.
+# Ray's processes read them from the environment they inherit (Ray Train's controller from the
+# driver's, when a run starts); a value the user exported wins.
+LOCAL_RAY_DEFAULTS = {
+    # With Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1, the user's choice), a stopping
+    # replica keeps serving for this long so that HAProxy on every node stops routing to it
+    # first: 30 s by default, which `stf serve` would wait out on Ctrl-C. On one machine the one
+    # HAProxy reloads in about 0.5 s.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    # Ray Train's controller looks at its workers every 2 s by default: a run waits up to that
+    # long at each stage (workers started, training finished) before it moves on, about 2 s of
+    # a 24 s one-step run on 2 CPUs. Polling a machine's few workers every 0.5 s costs nothing.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+
+
+def use_local_ray_defaults() -> None:
+    """Sets :data:`LOCAL_RAY_DEFAULTS` where the environment does not set them already; call it
+    before starting a local Ray (the tests' shared Ray does too)."""
+    for name, value in LOCAL_RAY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def stop_local_ray() -> None:

@@ -15,7 +15,10 @@ def ray_local():
 
     import ray
 
+    from pipelines.ray_env import use_local_ray_defaults
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    use_local_ray_defaults()  # as `stf` sets them when it starts a local Ray
     temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths have a length limit
     ray.init(
         num_cpus=2,
