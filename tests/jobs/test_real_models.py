@@ -1,8 +1,8 @@
 """Real model layouts end to end: `stf init` assembles LLaVA-STF from base LLMs and towers saved as
 their public releases are (LLaMA/Vicuna and Qwen2; a full CLIPModel and a SigLIP vision model),
-locally and from S3; then the LLaMA + CLIP model goes through preprocess -> pretrain on 2 workers
--> finetune -> `stf serve` and the `openai` client, and the Qwen2 model with its own ChatML
-template through preprocess and finetuning."""
+locally and from S3; then the LLaMA + CLIP model goes through preprocess -> finetune on 2
+workers -> `stf serve` and the `openai` client (and, in `make test-slow`, pretraining), and the
+Qwen2 model with its own ChatML template through preprocess and finetuning."""
 
 import base64
 import io
@@ -218,8 +218,12 @@ def serve_and_ask(model_dir: str) -> str:
         serve.shutdown()
 
 
-def test_llama_clip_init_preprocess_pretrain_finetune_serve(ray_local, bases, corpus, tmp_path):
-    model_dir = str(tmp_path / "stf")
+@pytest.fixture(scope="module")
+def llama_clip(ray_local, bases, corpus, tmp_path_factory):
+    """`stf init` of the LLaMA + CLIP bases, and the corpus preprocessed for both stages with its
+    tokenizer: ``(model directory, {"pretrain": shards, "finetune": shards})``."""
+    root = tmp_path_factory.mktemp("llama-clip")
+    model_dir = str(root / "stf")
     init(
         InitSpec(
             llm=str(bases["llama"]),
@@ -233,7 +237,7 @@ def test_llama_clip_init_preprocess_pretrain_finetune_serve(ray_local, bases, co
         ("pretrain", "pretrain.json", "plain"),
         ("finetune", "finetune.jsonl", "vicuna_v1"),
     ):
-        shards[stage] = str(tmp_path / stage)
+        shards[stage] = str(root / stage)
         manifest = preprocess(
             PreprocessSpec(
                 inputs=[str(corpus / file)],
@@ -244,9 +248,29 @@ def test_llama_clip_init_preprocess_pretrain_finetune_serve(ray_local, bases, co
         )
         assert manifest.counts.quarantined == 0, manifest.counts.by_reason  # no mask_mismatch
         assert manifest.image.size == 48 and manifest.tokenizer.pad_token_id == 0  # <unk>
+    return model_dir, shards
 
-    # One worker for the pretraining (what moves is checked below); two for the finetuning,
-    # whose ZeRO-2 partitions the Llama layout's parameters across them.
+
+def test_llama_clip_init_preprocess_finetune_serve(llama_clip, tmp_path):
+    """Finetuning on two workers, whose ZeRO-2 partitions the Llama layout's parameters across
+    them: the LLM and the projector move, the tower stays frozen; then `stf serve` answers."""
+    model_dir, shards = llama_clip
+    fine = train(train_spec(tmp_path, "fine", shards["finetune"], "finetune", model_dir))
+    start = STFForConditionalGeneration.from_pretrained(model_dir).state_dict()
+    tuned = STFForConditionalGeneration.from_pretrained(fine.model).state_dict()
+    for key, value in start.items():
+        if key.startswith("model.vision_tower."):
+            assert torch.equal(value, tuned[key]), key
+    for key in ("lm_head.weight", "model.multi_modal_projector.linear_2.weight"):
+        assert not torch.equal(start[key], tuned[key]), key
+    config = json.loads((tmp_path / "runs" / "fine" / "model" / "config.json").read_text())
+    assert config["text_config"]["model_type"] == "llama"
+    assert isinstance(serve_and_ask(fine.model), str)
+
+
+@pytest.mark.slow  # ~20 s on 2 cores: the tiny model's pretraining test checks the same in `make test`
+def test_llama_clip_pretrain_moves_only_the_projector(llama_clip, tmp_path):
+    model_dir, shards = llama_clip
     one = {"scaling": {"num_workers": 1}}
     pre = train(train_spec(tmp_path, "pre", shards["pretrain"], "pretrain", model_dir, **one))
     start = STFForConditionalGeneration.from_pretrained(model_dir).state_dict()
@@ -254,13 +278,6 @@ def test_llama_clip_init_preprocess_pretrain_finetune_serve(ray_local, bases, co
     for key, value in start.items():
         same = torch.equal(value, after[key])
         assert same != key.startswith("model.multi_modal_projector."), key  # only it moved
-
-    fine = train(train_spec(tmp_path, "fine", shards["finetune"], "finetune", pre.model))
-    tuned = STFForConditionalGeneration.from_pretrained(fine.model).state_dict()
-    assert not torch.equal(tuned["lm_head.weight"], after["lm_head.weight"])
-    config = json.loads((tmp_path / "runs" / "fine" / "model" / "config.json").read_text())
-    assert config["text_config"]["model_type"] == "llama"
-    assert isinstance(serve_and_ask(fine.model), str)
 
 
 def test_qwen2_with_its_own_chatml_template_preprocesses_and_finetunes(
