@@ -244,11 +244,14 @@ def step(
     state.step += 1
     metrics = meter.step(state, engine.get_global_grad_norm(), worker.scheduler.get_last_lr()[0])
     spec = plan.spec
+    # Only checkpoints go to Ray: the metrics rows are rank 0's files (CSV, TensorBoard), and the
+    # last row comes with the final checkpoint. A report of metrics alone would cost every rank a
+    # barrier through Ray's sync actor, then wait for the controller to take the previous report
+    # from the worker's one-slot queue, which it empties once per health check (2 s by default):
+    # with log_every steps shorter than that, training would wait on Ray's polling.
     if state.step % spec.checkpoint_every == 0 or state.step == plan.total_steps:
         meter.sync()
         _report_with_checkpoint(engine, state, metrics, worker.rank)
-    elif metrics is not None:
-        ray.train.report(metrics)
 
 
 def _all_ranks_have(flag: bool, device: torch.device) -> bool:
