@@ -338,7 +338,7 @@ def test_s3_going_away_mid_checkpoint_is_ridden_out(shards, pretrained, s3_serve
     direct.rm("outage", recursive=True)
 
 
-@pytest.mark.slow  # ~35 s on 2 cores: ZeRO-1 finetuning (`make test` finetunes under ZeRO-2 below)
+@pytest.mark.slow  # ~25 s on 2 cores: ZeRO-1 finetuning (`make test` finetunes under ZeRO-2 below)
 def test_zero1_finetune_trains_the_llm_and_keeps_the_tower_frozen(shards, pretrained, tmp_path):
     pretrained = pretrained[1].model  # the shared pretraining run's export
     fine = spec_for(
