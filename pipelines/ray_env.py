@@ -44,8 +44,8 @@ LOCAL_RAY_DEFAULTS = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     # Ray Train's controller looks at its workers every 2 s by default, and a run waits for that
     # look to move on: workers started, each checkpoint report taken, training finished. A
-    # 10-step 2-worker run with two checkpoints took 26-28.5 s, and 22-24.5 s at 0.5 s; polling
-    # a machine's few workers that often costs nothing.
+    # 10-step 2-worker run with two checkpoints took 26-28.5 s, and 22-24.5 s at 0.5 s. The
+    # controller's CPU while training: 0.40 s in 30 s at 0.5 s, 0.30 s at 2 s.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
 
