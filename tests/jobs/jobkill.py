@@ -21,8 +21,11 @@ def kill_cli_job_when(
 ) -> None:
     """Runs ``python -m pipelines.cli ARGS`` joined to ``ray_address`` and kills it once
     ``ready()`` is true (checked every ``poll_s``); fails if the job ends (or the timeout passes)
-    first."""
+    first. Returns once Ray has also reaped the job's workers: they outlive the driver by a
+    moment (a training worker can finish a step and write its metrics row after the kill), and
+    what the killed run left is only settled once they are gone."""
     env = {**os.environ, "RAY_ADDRESS": ray_address}
+    busy_before = {p.pid for p in _busy_workers(ray_address)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", *args],
         env=env,
@@ -38,6 +41,10 @@ def kill_cli_job_when(
         assert ready(), "the job showed no progress before the timeout"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while (left := _busy_workers(ray_address, busy_before)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"the killed job's workers outlived it by 60 s: {left}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -48,11 +55,38 @@ def actor_processes(class_name: str, gcs_address: str) -> list:
     Ray on this machine (a developer's own training run must survive the fault tests). Ray titles
     an actor's process ``ray::CLASS``; its parent is its node's raylet, started with
     ``--gcs-address``. (The state API would find them too, but needs the dashboard.)"""
+    return [
+        p for p, title in _worker_processes(gcs_address) if title.startswith(f"ray::{class_name}")
+    ]
+
+
+# Ray Train starts this actor detached, so that it outlives a killed driver and removes the
+# run's placement group; it is meant to stay behind.
+_DETACHED_BY_DESIGN = ("ray::PlacementGroupCleaner",)
+
+
+def _busy_workers(gcs_address: str, excluding: set[int] = frozenset()) -> list:
+    """The worker processes of the Ray at ``gcs_address`` that hold an actor or run a task (Ray
+    retitles a worker ``ray::IDLE`` between tasks), less the pids in ``excluding`` and the
+    detached helpers that outlive their driver by design."""
+    return [
+        p
+        for p, title in _worker_processes(gcs_address)
+        if title != "ray::IDLE"
+        and not title.startswith(_DETACHED_BY_DESIGN)
+        and p.pid not in excluding
+    ]
+
+
+def _worker_processes(gcs_address: str) -> list:
+    """(process, title) for each worker process of the Ray at ``gcs_address``, and of no other
+    Ray on this machine."""
     import psutil
 
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        if not any(f"ray::{class_name}" in part for part in proc.info["cmdline"] or []):
+        title = (proc.info["cmdline"] or [""])[0]
+        if not title.startswith("ray::"):
             continue
         try:
             raylet = proc.parent()
@@ -60,5 +94,5 @@ def actor_processes(class_name: str, gcs_address: str) -> list:
         except psutil.NoSuchProcess:
             continue
         if ours:
-            found.append(proc)
+            found.append((proc, title))
     return found
