@@ -24,6 +24,9 @@ def kill_cli_job_when(
     first. Returns once Ray has also reaped the job's workers: they outlive the driver by a
     moment (a training worker can finish a step and write its metrics row after the kill), and
     what the killed run left is only settled once they are gone."""
+    import ray
+
+    assert ray.is_initialized(), "the test itself must be connected to the Ray at ray_address"
     env = {**os.environ, "RAY_ADDRESS": ray_address}
     busy_before = {p.pid for p in _busy_workers(ray_address)}
     proc = subprocess.Popen(
@@ -60,22 +63,26 @@ def actor_processes(class_name: str, gcs_address: str) -> list:
     ]
 
 
-# Ray Train starts this actor detached, so that it outlives a killed driver and removes the
-# run's placement group; it is meant to stay behind.
-_DETACHED_BY_DESIGN = ("ray::PlacementGroupCleaner",)
-
-
 def _busy_workers(gcs_address: str, excluding: set[int] = frozenset()) -> list:
     """The worker processes of the Ray at ``gcs_address`` that hold an actor or run a task (Ray
-    retitles a worker ``ray::IDLE`` between tasks), less the pids in ``excluding`` and the
-    detached helpers that outlive their driver by design."""
+    retitles a worker ``ray::IDLE`` between tasks), less the pids in ``excluding`` and those of
+    detached actors, which outlive their driver by design (Ray Data's stats and autoscaling
+    singletons, Ray Train's placement-group cleaner)."""
+    detached = _detached_actor_pids()
     return [
         p
         for p, title in _worker_processes(gcs_address)
-        if title != "ray::IDLE"
-        and not title.startswith(_DETACHED_BY_DESIGN)
-        and p.pid not in excluding
+        if title != "ray::IDLE" and p.pid not in excluding and p.pid not in detached
     ]
+
+
+def _detached_actor_pids() -> set[int]:
+    """The pids of the live detached actors in the GCS's actor table, read through the test's
+    own connection to Ray (the public state API would need the dashboard, which the tests' Ray
+    runs without)."""
+    from ray._private import state
+
+    return {a["Pid"] for a in state.actors().values() if a["IsDetached"] and a["State"] == "ALIVE"}
 
 
 def _worker_processes(gcs_address: str) -> list:
