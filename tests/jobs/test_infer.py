@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from jobkill import kill_cli_job_when
@@ -187,17 +188,26 @@ def test_killed_run_resumes_and_writes_each_id_once(ray_local, model_dir, tmp_pa
         "rows_per_file=2",
     ]
     parts = out / "parts"
-    kill_cli_job_when(
-        args,
-        ray_local,
-        lambda: parts.exists() and any(p.suffix == ".parquet" for p in parts.iterdir()),
-    )
+    kill_cli_job_when(args, ray_local, lambda: _a_complete_part_in(parts))
     assert not (out / "summary.json").exists()
     spec = _spec(model_dir, str(images), out, max_new_tokens=24, batch_size=2, rows_per_file=2)
     summary = run_infer(spec)
     assert 0 < summary.resumed_rows < 48
     ids = read_output(spec).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 48
+
+
+def _a_complete_part_in(parts: Path) -> bool:
+    """Whether an output file in ``parts`` is whole (its Parquet footer written). A file shows up
+    as soon as the driver opens it; killed before it is whole, the run would leave nothing to
+    resume."""
+    for path in parts.glob("*.parquet") if parts.exists() else []:
+        try:
+            pq.read_metadata(path)
+            return True
+        except (OSError, pa.ArrowInvalid):
+            continue
+    return False
 
 
 @pytest.fixture(scope="module")
