@@ -10,7 +10,6 @@ TORCH_SPEC ?= torch==2.13.0
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export RAY_AUTH_MODE := disabled
 
 .PHONY: install test test-lib test-slow test-gpu demo serve lint format bench bench-scale bench-token-budget clean
 

@@ -21,6 +21,8 @@ import ray
 import torch
 from PIL import Image
 
+from pipelines.ray_env import start_local_ray
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,7 +84,7 @@ def main() -> None:
         generator.generate(prompts)
     plain = len(rows) / (time.perf_counter() - start)
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    start_local_ray(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     results = {}
     for concurrency in sorted({1, cores}):

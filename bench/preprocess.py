@@ -27,6 +27,7 @@ import ray
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run
 from pipelines.preprocess.processor import RecordProcessor
+from pipelines.ray_env import start_local_ray
 from pipelines.shards import SHARD_SCHEMA
 from pipelines.storage import read_many
 from pipelines.synth import write_corpus
@@ -82,7 +83,7 @@ def main() -> None:
         n_floor = floor(spec, f"{tmp}/floor")
         t_floor = time.perf_counter() - start
 
-        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+        start_local_ray(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         results, fixed = {}, {}
         for workers in sorted({1, args.workers}):

@@ -39,6 +39,8 @@ import requests
 import torch
 from PIL import Image
 
+from pipelines.ray_env import start_local_ray
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -129,7 +131,7 @@ def main() -> None:
             # A fresh Ray for each, so that no measurement runs beside what an earlier one left
             # (on one Ray, the second deployment's `generate` was 0.8-2.5 ms slower than the
             # first's in five of six pairs; on fresh ones the spread stayed as wide).
-            ray.init(include_dashboard=False, log_to_driver=False)
+            start_local_ray(include_dashboard=False, log_to_driver=False)
             port = _free_port()
             spec = ServeSpec.model_validate(
                 {

@@ -23,6 +23,8 @@ import time
 import ray
 import torch
 
+from pipelines.ray_env import start_local_ray
+
 sys.path.insert(0, os.path.dirname(__file__))
 from prefill import first_token, inputs_for, llm_shape  # noqa: E402 (the sibling bench script)
 
@@ -85,7 +87,7 @@ def main() -> None:
     from pipelines.train.driver import run as train
 
     work = os.path.abspath(args.work)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    start_local_ray(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     corpus = f"{work}/corpus"
     if not os.path.exists(f"{corpus}/synth.json"):

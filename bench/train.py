@@ -29,6 +29,7 @@ import torch
 
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
+from pipelines.ray_env import start_local_ray
 from pipelines.shards import read_manifest, shard_urls
 from pipelines.synth import write_corpus
 from pipelines.train import TrainSpec
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument("--text-layers", type=int, default=2, help="widen the tiny LLM's depth")
     args = parser.parse_args()
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    start_local_ray(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as tmp:
         write_corpus(f"{tmp}/corpus", n=1500, seed=0, n_eval=0)

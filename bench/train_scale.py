@@ -27,6 +27,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
+from pipelines.ray_env import start_local_ray
 from pipelines.shards import read_manifest, shard_urls
 from pipelines.synth import write_corpus
 from pipelines.train import TrainSpec
@@ -134,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cores = os.cpu_count() or 1
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

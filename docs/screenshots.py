@@ -32,6 +32,7 @@ def main() -> None:
     from browser import ask_on_page, open_chromium, wait_for_chromium
     from ray import serve
 
+    from pipelines.ray_env import start_local_ray
     from pipelines.serve.builders import run
     from pipelines.serve.spec import ServeSpec
     from pipelines.spec import load_spec
@@ -44,7 +45,7 @@ def main() -> None:
     spec = load_spec(
         ServeSpec, str(ROOT / "examples" / "serve-local.yaml"), [f"port={_free_port()}"]
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     browser = open_chromium(*found, downloads=str(out))
     try:
         browser.set_window_size(1000, 720)

@@ -1,4 +1,5 @@
-"""Connecting a job to Ray: the cluster in ``RAY_ADDRESS`` when set, otherwise a local Ray."""
+"""Connecting a job to Ray: the cluster in ``RAY_ADDRESS`` when set, otherwise a local Ray that
+only this machine can reach, with Ray's token authentication on."""
 
 from __future__ import annotations
 
@@ -7,13 +8,25 @@ import os
 from dataclasses import dataclass
 
 import ray
+from ray._private import ray_constants
 
-from pipelines.errors import Unschedulable
+from pipelines.errors import Unschedulable, UserError
+from pipelines.ray_auth import MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV, prepare_local_token
 
 log = logging.getLogger(__name__)
 # Set when this process started its own local Ray: no autoscaler can add nodes to it, so a
 # request it cannot hold now it can never hold.
 _started_local = False
+
+# Ray gives a local Ray the machine's network address (it turns 127.0.0.1 into it), and its gRPC
+# servers, agents and metrics endpoints then listen on every interface. With this variable at 0
+# (meant for macOS and Windows, where Ray runs one node only) a local Ray advertises 127.0.0.1 and
+# every one of its processes listens there alone. A driver that joins such a Ray needs it too.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+class ClusterUnreachable(UserError, ConnectionError):
+    """The cluster in ``RAY_ADDRESS`` did not accept this driver."""
 
 
 def init_ray() -> None:
@@ -24,13 +37,50 @@ def init_ray() -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as err:
+            raise ClusterUnreachable(
+                f"could not join the Ray cluster at {address} (RAY_ADDRESS): check that it is up "
+                f"and reachable; a cluster with token authentication also needs {MODE_ENV}=token "
+                f"and its token in {TOKEN_ENV} or {TOKEN_PATH_ENV}"
+            ) from err
     else:
-        log.info("RAY_ADDRESS is not set: starting a local Ray")
-        use_local_ray_defaults()
-        ray.init(address="local", include_dashboard=False)
+        log.info("RAY_ADDRESS is not set: starting a local Ray (loopback only, with a token)")
+        start_local_ray(include_dashboard=False)
         global _started_local
         _started_local = True
+
+
+def start_local_ray(**options) -> None:
+    """Starts a Ray on this machine that listens on loopback alone and keeps Ray's token
+    authentication on (unless ``RAY_AUTH_MODE=disabled`` says otherwise): ``stf``'s embedded
+    default, and the tests' and benchmarks' Ray. ``options`` go to ``ray.init``."""
+    use_local_ray_defaults()
+    prepare_local_token()
+    os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
+    # Ray read the variable when it was imported, before this process knew it would start a local
+    # Ray; its own processes started below read it from the environment they inherit.
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(LOOPBACK_ONLY_ENV, True)
+    quiet = _DropNotice("Token authentication is enabled for this Ray cluster")
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notices.addFilter(quiet)
+    try:
+        ray.init(address="local", **options)
+    finally:
+        notices.removeFilter(quiet)
+
+
+class _DropNotice(logging.Filter):
+    """Drops Ray's notice that a local Ray has token authentication, which advises turning it off;
+    token authentication is what ``stf`` wants there."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 # Ray's settings that suit a cluster but cost a job on one machine seconds it need not wait.

@@ -8,25 +8,18 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local 2-CPU Ray for the whole session (loopback only); yields its GCS address so a
-    second driver (a CLI subprocess) can join it."""
+    """A local 2-CPU Ray for the whole session, started as `stf` starts one (loopback only, the
+    session's token); yields its GCS address so a second driver (a CLI subprocess, which inherits
+    the environment that makes it look for Ray on loopback) can join it."""
     import shutil
     import tempfile
 
     import ray
 
-    from pipelines.ray_env import use_local_ray_defaults
+    from pipelines.ray_env import start_local_ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    use_local_ray_defaults()  # as `stf` sets them when it starts a local Ray
     temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths have a length limit
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
+    start_local_ray(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
