@@ -105,6 +105,16 @@ def _add_spec_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray dashboard URL, http://HEAD:8265 (or RAY_ADDRESS)")
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="file holding the cluster's Ray token (default: RAY_AUTH_TOKEN, the file in "
+        "RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token)",
+    )
+
+
 def _cmd_job(args: argparse.Namespace) -> int:
     from pipelines.spec import load_spec
 
@@ -120,11 +130,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     job = args.job or submit.detect_job(args.spec, args.overrides)
     spec = load_spec(spec_class(job), args.spec, args.overrides)
-    submission_id = submit.submit(job, spec, args.address, args.submission_id)
-    print(f"submitted stf {job} as {submission_id}", flush=True)
-    if not args.wait:
-        return 0
-    status = submit.follow(args.address, submission_id)
+    cluster = submit.Cluster.connect(args.address, args.token_file)
+    with cluster.refusals_explained():
+        submission_id = submit.submit(cluster, job, spec, args.submission_id)
+        print(f"submitted stf {job} as {submission_id}", flush=True)
+        if not args.wait:
+            return 0
+        status = submit.follow(cluster, submission_id)
     print(f"job {submission_id}: {status}")
     return 0 if status == "SUCCEEDED" else EXIT_FAILED
 
@@ -132,25 +144,30 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_jobs(args: argparse.Namespace) -> int:
     from pipelines import submit
 
-    if args.action == "list":
-        for row in submit.list_jobs(args.address):
-            print(f"{row['submission_id']:<28}{row['status']:<11}{row['entrypoint']}")
-        return 0
-    if not args.submission_id:
+    if args.action != "list" and not args.submission_id:
         raise UserError(f"stf jobs {args.action} needs a submission id")
-    client = submit.client(args.address)
-    if args.action == "status":
-        info = client.get_job_info(args.submission_id)
+    cluster = submit.Cluster.connect(args.address, args.token_file)
+    with cluster.refusals_explained():
+        _jobs_action(submit, cluster, args)
+    return 0
+
+
+def _jobs_action(submit: Any, cluster: Any, args: argparse.Namespace) -> None:
+    jobs = cluster.jobs
+    if args.action == "list":
+        for row in submit.list_jobs(cluster):
+            print(f"{row['submission_id']:<28}{row['status']:<11}{row['entrypoint']}")
+    elif args.action == "status":
+        info = jobs.get_job_info(args.submission_id)
         message = f" ({info.message})" if info.message else ""
         print(f"{args.submission_id}: {info.status.value}{message}")
     elif args.action == "logs" and args.follow:
-        submit.follow(args.address, args.submission_id)
+        submit.follow(cluster, args.submission_id)
     elif args.action == "logs":
-        print(client.get_job_logs(args.submission_id), end="")
+        print(jobs.get_job_logs(args.submission_id), end="")
     elif args.action == "stop":
-        stopped = client.stop_job(args.submission_id)
+        stopped = jobs.stop_job(args.submission_id)
         print(f"{args.submission_id}: {'stop requested' if stopped else 'already finished'}")
-    return 0
 
 
 def _cmd_spec(args: argparse.Namespace) -> int:
@@ -178,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_spec_args(submit)
     submit.add_argument("--job", choices=sorted(SPECS), help="the job (default: from the spec)")
-    submit.add_argument("--address", help="Ray dashboard URL, http://HEAD:8265 (or RAY_ADDRESS)")
+    _add_cluster_args(submit)
     submit.add_argument("--submission-id", help="a submission id of your own")
     submit.add_argument(
         "--wait",
@@ -191,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = verbs.add_parser("jobs", help="list, inspect, follow or stop submitted jobs")
     jobs.add_argument("action", choices=["list", "status", "logs", "stop"])
     jobs.add_argument("submission_id", nargs="?")
-    jobs.add_argument("--address", help="Ray dashboard URL, http://HEAD:8265 (or RAY_ADDRESS)")
+    _add_cluster_args(jobs)
     jobs.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     jobs.set_defaults(func=_cmd_jobs)
 

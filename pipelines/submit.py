@@ -4,7 +4,8 @@ The submission ships this project as the job's working directory (Ray uploads it
 hash) together with the resolved spec, and the entrypoint is the same `stf` verb a laptop runs, so
 `ray job submit --working-dir . -- python -m pipelines.cli train SPEC.yaml` is equivalent.
 Secrets in a spec are never shipped: the cluster's own environment (AWS variables, instance roles,
-Kubernetes secrets) provides credentials.
+Kubernetes secrets) provides credentials. The cluster's Ray token, found where Ray's own clients
+look for it (:mod:`pipelines.ray_auth`), travels in each request's ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipelines.cli import SPECS, spec_class
+from pipelines.errors import UserError
+from pipelines.ray_auth import Token, find_token, refusal
 from pipelines.spec import JobSpec, SpecError, load_spec
 
 log = logging.getLogger(__name__)
@@ -66,24 +72,62 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def client(address: str | None):
-    from ray.job_submission import JobSubmissionClient
+@dataclass
+class Cluster:
+    """The Jobs API of one Ray cluster, reached with its token when one is found."""
 
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        raise SpecError("no cluster: pass --address http://HEAD:8265 or set RAY_ADDRESS")
-    return JobSubmissionClient(address)
+    address: str
+    token: Token | None
+    jobs: Any  # ray.job_submission.JobSubmissionClient
+
+    @classmethod
+    def connect(cls, address: str | None, token_file: str | None = None) -> Cluster:
+        """Connects to the dashboard at ``address`` (or ``RAY_ADDRESS``), carrying the token from
+        ``token_file`` or Ray's places (:func:`~pipelines.ray_auth.find_token`)."""
+        from ray.job_submission import JobSubmissionClient
+
+        address = address or os.environ.get("RAY_ADDRESS")
+        if not address:
+            raise SpecError("no cluster: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+        token = find_token(token_file)
+        headers = token.http_headers() if token is not None else None
+        cluster = cls(address, token, None)
+        with cluster.refusals_explained():
+            try:
+                cluster.jobs = JobSubmissionClient(address, headers=headers)
+            except ConnectionError as err:
+                raise UserError(
+                    f"no Ray dashboard answers at {address}: check the address (http://HEAD:8265; "
+                    "docs/security.md shows how to reach a cluster's dashboard) and that the "
+                    "cluster is up"
+                ) from err
+        return cluster
+
+    @contextmanager
+    def refusals_explained(self) -> Iterator[None]:
+        """Turns the cluster's refusal of this client (no token, or not its token) into a
+        :class:`~pipelines.ray_auth.ClusterRefused` that says where the token goes."""
+        import aiohttp
+        from ray.exceptions import AuthenticationError
+
+        try:
+            yield
+        except AuthenticationError as err:
+            raise refusal(self.address, self.token, err.message) from None
+        except aiohttp.WSServerHandshakeError as err:  # following logs opens a websocket
+            if err.status not in (401, 403):
+                raise
+            raise refusal(self.address, self.token, err.message) from None
 
 
 def submit(
+    cluster: Cluster,
     job: str,
     spec: JobSpec,
-    address: str | None,
     submission_id: str | None = None,
     entrypoint_num_cpus: float = 0,
 ) -> str:
     """Submits ``spec`` as ``stf JOB`` and returns the submission id."""
-    jobs = client(address)
     root = project_root()
     submission_id = submission_id or f"stf-{job}-{uuid.uuid4().hex[:8]}"
     staging = root / STAGING
@@ -99,7 +143,7 @@ def submit(
         )
     spec_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
     try:
-        return jobs.submit_job(
+        return cluster.jobs.submit_job(
             entrypoint=f"python -m pipelines.cli {job} {STAGING}/{spec_file.name}",
             submission_id=submission_id,
             runtime_env={"working_dir": str(root), "excludes": EXCLUDES},
@@ -120,33 +164,31 @@ def _without_masked_secrets(value: Any) -> Any:
     return value
 
 
-def follow(address: str | None, submission_id: str, out=sys.stdout) -> str:
+def follow(cluster: Cluster, submission_id: str, out=sys.stdout) -> str:
     """Streams the job's logs until it ends; returns its final status."""
-    jobs = client(address)
 
     async def tail() -> None:
-        async for lines in jobs.tail_job_logs(submission_id):
+        async for lines in cluster.jobs.tail_job_logs(submission_id):
             out.write(lines)
             out.flush()
 
     asyncio.run(tail())
-    return wait(address, submission_id, timeout_s=60)
+    return wait(cluster, submission_id, timeout_s=60)
 
 
-def wait(address: str | None, submission_id: str, timeout_s: float = 3600) -> str:
+def wait(cluster: Cluster, submission_id: str, timeout_s: float = 3600) -> str:
     """Polls until the job reaches a terminal status (or the timeout); returns the status."""
-    jobs = client(address)
     deadline = time.monotonic() + timeout_s
     while True:
-        status = str(jobs.get_job_status(submission_id).value)
+        status = str(cluster.jobs.get_job_status(submission_id).value)
         if status in TERMINAL or time.monotonic() > deadline:
             return status
         time.sleep(1)
 
 
-def list_jobs(address: str | None) -> list[dict[str, Any]]:
+def list_jobs(cluster: Cluster) -> list[dict[str, Any]]:
     rows = []
-    for info in client(address).list_jobs():
+    for info in cluster.jobs.list_jobs():
         rows.append(
             {
                 "submission_id": info.submission_id,
