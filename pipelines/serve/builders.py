@@ -56,6 +56,7 @@ def _deploy(spec: ServeSpec, ask: ResourceAsk, stop: threading.Event | None = No
 def run(spec: ServeSpec, blocking: bool = True) -> str:
     """Starts (or updates) the application on the connected Ray and returns its base URL; with
     ``blocking`` it serves until Ctrl-C (SIGINT) and then shuts Serve down."""
+    spec.check_api_key()
     init_ray()
     deployment = spec.deployment
     each = {"CPU": deployment.num_cpus, "GPU": deployment.num_gpus}

@@ -44,6 +44,7 @@ class Intake:
         self.renderer = renderer
         self.max_context = max_context
         self.model_id = spec.served_model_id
+        spec.check_api_key()  # here too: a replica reads the key from its own node's environment
         self.api_key = spec.resolved_api_key()
 
     def authorize(self, authorization: str | None) -> None:

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
 
+from pipelines.errors import SpecError
 from pipelines.spec import InferenceModel, JobSpec, StorageOptions
 
 MiB = 1024 * 1024
@@ -137,6 +139,11 @@ class ServeSpec(JobSpec):
     api_key_env: str = Field(
         "STF_API_KEY", description="environment variable read for the key when api_key is unset"
     )
+    require_api_key: bool | None = Field(
+        None,
+        description="refuse to start without a key (default: when host is not a loopback "
+        "address; false serves an exposed host without one, e.g. behind an authenticating proxy)",
+    )
     storage: StorageOptions = Field(default_factory=StorageOptions)
 
     @field_validator("route_prefix")
@@ -171,3 +178,31 @@ class ServeSpec(JobSpec):
         if self.api_key is not None:
             return self.api_key.get_secret_value()
         return os.environ.get(self.api_key_env) or None
+
+    def check_api_key(self) -> None:
+        """Refuses to serve without a key where one is required: :attr:`require_api_key`, by
+        default whenever the server listens beyond loopback (anyone who can reach it could
+        otherwise use the model)."""
+        required = self.require_api_key
+        if required is None:
+            required = not _is_loopback(self.host)
+        if required and self.resolved_api_key() is None:
+            why = (
+                "require_api_key is true"
+                if self.require_api_key
+                else f"host {self.host} is reachable beyond this machine"
+            )
+            raise SpecError(
+                f"serve: {why}, and there is no API key: set api_key_env's variable "
+                f"({self.api_key_env}) where the server runs, or api_key; set "
+                "require_api_key: false only behind a front end that authenticates"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface

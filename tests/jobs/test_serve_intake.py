@@ -298,3 +298,35 @@ def test_a_huge_prompt_is_rendered_and_counted_off_the_event_loop(intake, genera
     small = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "red"}]})
     asyncio.run(checks.prompt(small))
     assert recording.threads[-1] is threading.main_thread()  # short ones stay where they are
+
+
+def test_a_server_reachable_beyond_loopback_needs_a_key(generator, monkeypatch):
+    """By default a key is required exactly when the host is not loopback; `require_api_key`
+    says otherwise either way. A replica checks its own node's environment when it starts."""
+    monkeypatch.delenv("STF_API_KEY", raising=False)
+
+    def spec(**fields):
+        return ServeSpec.model_validate({"model": {"path": "/models/tiny-chat"}, **fields})
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        spec(host=host).check_api_key()
+    for host in ("0.0.0.0", "::", "10.0.0.5", "serve.internal"):
+        with pytest.raises(ValueError, match=f"host {host} is reachable beyond this machine"):
+            spec(host=host).check_api_key()
+        with pytest.raises(ValueError, match="STF_API_KEY"):
+            Intake(spec(host=host), generator, max_context=200)
+        spec(host=host, api_key=KEY).check_api_key()
+        spec(host=host, require_api_key=False).check_api_key()  # behind an authenticating proxy
+    with pytest.raises(ValueError, match="require_api_key is true"):
+        spec(require_api_key=True).check_api_key()
+    monkeypatch.setenv("STF_API_KEY", KEY)
+    assert Intake(spec(host="0.0.0.0", require_api_key=True), generator, 200).api_key == KEY
+
+
+def test_stf_serve_refuses_to_expose_a_keyless_server(monkeypatch, capsys):
+    from pipelines import cli
+
+    monkeypatch.delenv("STF_API_KEY", raising=False)
+    args = ["serve", "--set", "model.path=/nowhere", "--set", "host=0.0.0.0"]
+    assert cli.main(args) == 2
+    assert "host 0.0.0.0 is reachable beyond this machine" in capsys.readouterr().err
