@@ -11,9 +11,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from manifests import ROOT, cluster_specs, launcher, manifest, ray_starts
 
-ROOT = Path(__file__).resolve().parents[2]
-CLUSTER = ROOT / "cluster"
 # KubeRay's CRDs (Apache-2.0), vendored unchanged: see tests/data/kuberay-crds/README.md.
 CRDS = ROOT / "tests" / "data" / "kuberay-crds"
 CRD_FILES = {
@@ -65,10 +64,6 @@ def _errors(kind: str, manifest: dict) -> list[str]:
     ]
 
 
-def _manifest(name: str) -> dict:
-    return yaml.safe_load((CLUSTER / name).read_text())
-
-
 @pytest.mark.parametrize(
     "name,kind",
     [
@@ -78,40 +73,25 @@ def _manifest(name: str) -> dict:
     ],
 )
 def test_kuberay_manifests_match_the_crds(name, kind):
-    manifest = _manifest(name)
-    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == kind
-    assert _errors(kind, manifest) == []
+    document = manifest(name)
+    assert document["apiVersion"] == "ray.io/v1" and document["kind"] == kind
+    assert _errors(kind, document) == []
 
 
 def test_the_crd_validator_catches_mistakes():
-    manifest = _manifest("raycluster.yaml")
-    typo = copy.deepcopy(manifest)
+    document = manifest("raycluster.yaml")
+    typo = copy.deepcopy(document)
     typo["spec"]["workerGroupSpecs"][0]["minReplica"] = 0  # not a field
-    wrong_type = copy.deepcopy(manifest)
+    wrong_type = copy.deepcopy(document)
     wrong_type["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "eight"
-    missing = copy.deepcopy(manifest)
+    missing = copy.deepcopy(document)
     del missing["spec"]["headGroupSpec"]["template"]
     for broken in (typo, wrong_type, missing):
         assert _errors("RayCluster", broken), broken
 
 
-def _cluster_specs() -> list[tuple[str, dict]]:
-    """Each KubeRay manifest's RayCluster spec, by file name."""
-    specs = []
-    for name, path in (
-        ("raycluster.yaml", ["spec"]),
-        ("rayjob-train.yaml", ["spec", "rayClusterSpec"]),
-        ("rayservice.yaml", ["spec", "rayClusterConfig"]),
-    ):
-        spec = _manifest(name)
-        for key in path:
-            spec = spec[key]
-        specs.append((name, spec))
-    return specs
-
-
 def test_gpu_worker_group_autoscales_from_zero_with_matching_gpus():
-    for name, spec in _cluster_specs():
+    for name, spec in cluster_specs():
         assert spec["enableInTreeAutoscaling"] is True, name
         head = spec["headGroupSpec"]
         assert head["rayStartParams"]["num-cpus"] == "0", name
@@ -121,11 +101,11 @@ def test_gpu_worker_group_autoscales_from_zero_with_matching_gpus():
         limit = container["resources"]["limits"]["nvidia.com/gpu"]
         assert gpu["rayStartParams"]["num-gpus"] == str(limit), name
         # One cluster shape everywhere: the job's and the service's clusters equal raycluster.yaml.
-        assert spec == _manifest("raycluster.yaml")["spec"], f"{name} drifted from raycluster.yaml"
+        assert spec == manifest("raycluster.yaml")["spec"], f"{name} drifted from raycluster.yaml"
 
 
 def test_rayjob_runs_stf_train_and_shuts_down():
-    job = _manifest("rayjob-train.yaml")["spec"]
+    job = manifest("rayjob-train.yaml")["spec"]
     assert job["shutdownAfterJobFinishes"] is True
     command, verb, spec_file = job["entrypoint"].split()[:3]
     assert (command, verb) == ("stf", "train") and (ROOT / spec_file).exists()
@@ -136,7 +116,7 @@ def test_rayservice_application_is_our_serve_app_and_valid_for_ray_serve():
 
     from pipelines.serve import ServeSpec, app_builder
 
-    config = yaml.safe_load(_manifest("rayservice.yaml")["spec"]["serveConfigV2"])
+    config = yaml.safe_load(manifest("rayservice.yaml")["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(config)  # Ray Serve's own schema
     (app,) = config["applications"]
     assert app["import_path"] == "pipelines.serve:app_builder"
@@ -151,21 +131,15 @@ def test_every_node_runs_serve_with_haproxy_ingress():
     their own environment: a replica on a node without it would not serve HTTP itself, and
     HAProxy would have no port to send its requests to."""
     pods = []
-    for name, spec in _cluster_specs():
+    for name, spec in cluster_specs():
         groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
         pods += [(name, c) for g in groups for c in g["template"]["spec"]["containers"]]
     for name, container in pods:
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", (name, container["name"])
-    launcher = yaml.safe_load((CLUSTER / "aws-cluster.yaml").read_text())
-    starts = [
-        command
-        for key in ("head_start_ray_commands", "worker_start_ray_commands")
-        for command in launcher[key]
-        if "ray start" in command
-    ]
+    starts = ray_starts(launcher())
     assert len(starts) == 2
-    assert all(command.startswith("RAY_SERVE_ENABLE_HA_PROXY=1 ray start") for command in starts)
+    assert all(env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" for env, _ in starts)
 
 
 def _launcher_validator() -> jsonschema.Draft7Validator:
@@ -176,7 +150,7 @@ def _launcher_validator() -> jsonschema.Draft7Validator:
 
 
 def test_cluster_launcher_yaml_matches_rays_schema():
-    config = yaml.safe_load((CLUSTER / "aws-cluster.yaml").read_text())
+    config = launcher()
     validator = _launcher_validator()
     assert [e.message for e in validator.iter_errors(config)] == []
     assert config["provider"]["type"] == "aws" and config["idle_timeout_minutes"] > 0
