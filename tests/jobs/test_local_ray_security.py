@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-import requests
 from ray_sockets import listeners, probe, ray_processes, target
+from serve_cli import serve_spec, start_serve, wait_for_models
 
 
 def _verdicts(root: psutil.Process) -> dict:
@@ -64,39 +60,16 @@ def test_stf_serve_with_no_set_up_keeps_its_ray_to_this_machine_and_its_token(tm
     """A first `make serve` on a fresh machine: no token anywhere, no Ray variables. `stf` writes
     Ray's token readable by its owner only, and its Ray, Serve included, lets no client in without
     it; the API answers on loopback."""
-    from stf_model import build_tiny, save_model_dir
-
-    save_model_dir(*build_tiny(seed=0), tmp_path / "model")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    spec = tmp_path / "serve.yaml"
-    spec.write_text(
-        f"model:\n  path: {tmp_path / 'model'}\nport: {port}\nui: false\n"
-        "deployment:\n  num_cpus: 0.5\n"
-    )
+    spec, port = serve_spec(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     env["HOME"] = str(home)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", str(spec)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_serve(spec, env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        answered = wait_for_models(proc, port) is not None
+        assert answered, "no answer" if proc.poll() is None else proc.stdout.read()[-3000:]
         token_file = home / ".ray" / "auth_token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700

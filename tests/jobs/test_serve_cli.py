@@ -2,45 +2,19 @@
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 
 import pytest
 import requests
+from serve_cli import serve_spec, start_serve, wait_for_models
 
 
 @pytest.mark.slow  # ~17 s on 2 cores: a CLI process interrupted (`make test-slow`, and CI)
 def test_stf_serve_command_serves_until_interrupted(ray_local, tmp_path):
-    from stf_model import build_tiny, save_model_dir
-
-    save_model_dir(*build_tiny(seed=0), tmp_path / "model")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    spec = tmp_path / "serve.yaml"
-    spec.write_text(
-        f"model:\n  path: {tmp_path / 'model'}\nmodel_id: cli-model\nport: {port}\n"
-        "ui: false\ndeployment:\n  num_cpus: 0.5\n"
-    )
-    env = {**os.environ, "RAY_ADDRESS": ray_local}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", str(spec)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    spec, port = serve_spec(tmp_path, extra="model_id: cli-model\n")
+    proc = start_serve(spec, {**os.environ, "RAY_ADDRESS": ray_local})
     try:
-        deadline = time.monotonic() + 120
-        models = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                models = requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()
-                break
-            except (requests.RequestException, ValueError):
-                time.sleep(0.5)
+        models = wait_for_models(proc, port)
         assert models is not None, proc.stdout.read() if proc.poll() is not None else "no answer"
         assert models["data"][0]["id"] == "cli-model"
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
