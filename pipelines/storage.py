@@ -167,10 +167,15 @@ def write_json_atomic(url: str, payload: Any, storage: StorageOptions) -> None:
 
 def write_text(url: str, text: str, storage: StorageOptions) -> None:
     """Writes a small text file (parent folders created); one PUT on S3."""
+    write_bytes(url, text.encode(), storage)
+
+
+def write_bytes(url: str, data: bytes, storage: StorageOptions) -> None:
+    """Writes a small file (parent folders created); one PUT on S3."""
     fs = filesystem(url, storage)
     path = fs_path(url)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    fs.pipe_file(path, text.encode())
+    fs.pipe_file(path, data)
     if is_s3(url):
         fs.invalidate_cache(posixpath.dirname(path))
 

@@ -44,20 +44,22 @@ class Answerer:
         self.progress = progress  # a RowCounter handle (pipelines.infer.progress), or None
         self.generator = load_generator(spec.model, spec.storage)
         self.params = SamplingParams(spec.max_new_tokens, spec.temperature, spec.top_p)
+        self._pixels = spec.max_image_pixels
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         from stf_model.generation import ChatPrompt  # imported by __init__ already: a lookup
 
         ids, urls, texts = (list(batch[k]) for k in ("id", "image", "prompt"))
-        data = read_many(urls, self.spec.storage)
+        data = read_many([u for u in urls if u is not None], self.spec.storage)
         prompts, rows, errors = [], [], {}
         for row, (url, text) in enumerate(zip(urls, texts, strict=True)):
-            try:
-                image = checked_image(url, data[url], self.spec.max_image_pixels)
+            try:  # a row without an image (text_only_rows) is asked the text alone
+                images = [] if url is None else [checked_image(url, data[url], self._pixels)]
             except RecordError as err:
                 errors[row] = f"{err.reason}: {err.detail}"
                 continue
-            prompt = ChatPrompt(self.generator.render(self._messages(text)), [image], self.params)
+            messages = self._messages(text, with_image=bool(images))
+            prompt = ChatPrompt(self.generator.render(messages), images, self.params)
             try:  # checked per row, so that one bad prompt cannot fail the batch's generate
                 self.generator.count_prompt_tokens(prompt)
             except ModelInputError as err:
@@ -82,7 +84,8 @@ class Answerer:
             self.progress.add.remote(len(ids), len(errors))
         return out
 
-    def _messages(self, text: str) -> list[dict[str, Any]]:
+    def _messages(self, text: str, with_image: bool) -> list[dict[str, Any]]:
         system = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
-        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+        content = [{"type": "image"}] if with_image else []
+        user = {"role": "user", "content": [*content, {"type": "text", "text": text}]}
         return [*system, user]

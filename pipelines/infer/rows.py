@@ -42,7 +42,7 @@ def list_rows(spec: InferSpec) -> pa.Table:
     return rows
 
 
-def _rows_table(ids: list[str], images: list[str], prompts: list[str]) -> pa.Table:
+def _rows_table(ids: list[str], images: list[str | None], prompts: list[str]) -> pa.Table:
     return pa.table(
         {
             "id": pa.array(ids, pa.string()),
@@ -104,13 +104,17 @@ def _table_rows(url: str, spec: InferSpec) -> pa.Table:
     root = spec.image_root or posixpath.dirname(url)
     ids, images, prompts = [], [], []
     for number, record in enumerate(records, 1):
-        for column in (spec.id_column, spec.image_column):
+        required = (spec.id_column,) if spec.text_only_rows else (spec.id_column, spec.image_column)
+        for column in required:
             if record.get(column) in (None, ""):
                 raise InputError(f"{url} row {number} has no {column!r} (id_column/image_column)")
-        image = str(record[spec.image_column])
-        is_absolute = image.startswith(("s3://", "/"))
         ids.append(str(record[spec.id_column]))
-        images.append(image if is_absolute else join(root, image))
+        image = record.get(spec.image_column)
+        if image in (None, ""):
+            images.append(None)  # asked without an image (text_only_rows)
+        else:
+            image = str(image)
+            images.append(image if image.startswith(("s3://", "/")) else join(root, image))
         own = record.get(spec.prompt_column)  # null or "": the row has none of its own
         prompts.append(
             _render(spec, {**record, "prompt": spec.prompt if own in (None, "") else own})

@@ -10,27 +10,9 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_
 from pipelines.spec import InferenceModel, JobSpec, Location, Locations, StorageOptions
 
 
-class InferSpec(JobSpec):
-    """Batch generation over images (folders, globs, or Parquet/JSONL tables of image paths)."""
+class GenerationOptions(JobSpec):
+    """How a model answers rows: the system message, decoding, batching and its replicas."""
 
-    model: InferenceModel = Field(description="the model directory and where it runs")
-    model_id: str | None = Field(None, description="recorded with each answer (default: dir name)")
-    inputs: Locations = Field(
-        description="image folders, image globs, or .parquet/.jsonl tables (local or s3://)"
-    )
-    output: Location = Field(description="output directory (parts/*.parquet, summary.json)")
-    image_root: Location | None = Field(
-        None, description="tables: relative image paths resolve here (default: the table's folder)"
-    )
-    id_column: str = Field("id", description="tables: the row id column")
-    image_column: str = Field("image", description="tables: the image path column")
-    prompt_column: str = Field("prompt", description="tables: per-row prompt column, if present")
-    prompt: str = Field("Describe this image.", description="the prompt of rows without their own")
-    prompt_template: str = Field(
-        "{prompt}",
-        description="wraps each row's prompt; may name other table columns, e.g. "
-        "'{prompt} Answer with one word.' or 'Question: {question}'",
-    )
     system: str | None = Field(None, description="a system message before each prompt")
     max_new_tokens: PositiveInt = Field(64, description="tokens generated per row at most")
     temperature: NonNegativeFloat = Field(0.0, description="0 = greedy")
@@ -47,6 +29,32 @@ class InferSpec(JobSpec):
     )
     max_image_pixels: PositiveInt = Field(
         40_000_000, description="pixel limit per image, padded to a square (bomb guard)"
+    )
+
+
+class InferSpec(GenerationOptions):
+    """Batch generation over images (folders, globs, or Parquet/JSONL tables of image paths)."""
+
+    model: InferenceModel = Field(description="the model directory and where it runs")
+    model_id: str | None = Field(None, description="recorded with each answer (default: dir name)")
+    inputs: Locations = Field(
+        description="image folders, image globs, or .parquet/.jsonl tables (local or s3://)"
+    )
+    output: Location = Field(description="output directory (parts/*.parquet, summary.json)")
+    image_root: Location | None = Field(
+        None, description="tables: relative image paths resolve here (default: the table's folder)"
+    )
+    id_column: str = Field("id", description="tables: the row id column")
+    image_column: str = Field("image", description="tables: the image path column")
+    text_only_rows: bool = Field(
+        False, description="tables: a row whose image is empty is asked without an image"
+    )
+    prompt_column: str = Field("prompt", description="tables: per-row prompt column, if present")
+    prompt: str = Field("Describe this image.", description="the prompt of rows without their own")
+    prompt_template: str = Field(
+        "{prompt}",
+        description="wraps each row's prompt; may name other table columns, e.g. "
+        "'{prompt} Answer with one word.' or 'Question: {question}'",
     )
     limit: PositiveInt | None = Field(None, description="only the first N rows (a quick look)")
     answers_jsonl: bool = Field(
