@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipelines.evaluate import EvalSpec
+from pipelines.eval.spec import EvalSpec
 from pipelines.serve.spec import ServeSpec
 from pipelines.spec import load_spec
 

@@ -63,9 +63,14 @@ SPECS: dict[str, Job] = {
         "batch generation over images or tables -> Parquet (Ray Data, resumable)",
     ),
     "eval": Job(
-        "pipelines.evaluate:EvalSpec",
-        "pipelines.evaluate",
-        "accuracy on a question file with answers (batch inference + scoring)",
+        "pipelines.eval.spec:EvalSpec",
+        "pipelines.eval.job",
+        "score a model, or an answers file, on a benchmark (the paper's nine, or your questions)",
+    ),
+    "eval-suite": Job(
+        "pipelines.eval.spec:SuiteSpec",
+        "pipelines.eval.suite",
+        "several benchmarks and models -> one table in the papers' shape, published rows beside",
     ),
     "synth": Job(
         "pipelines.synth:SynthSpec",

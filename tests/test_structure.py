@@ -91,6 +91,8 @@ def loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
         ("train", ("ray.train", "deepspeed", "torch", "transformers")),
         ("preprocess", ("ray.data", "torch", "transformers")),
         ("infer", ("ray.data", "torch", "transformers")),
+        ("eval", ("ray", "torch", "transformers", "PIL", "pandas")),
+        ("eval-suite", ("ray", "torch", "transformers", "PIL", "pandas")),
     ],
 )
 def test_loading_a_spec_imports_no_framework(job, forbidden):
@@ -100,6 +102,8 @@ def test_loading_a_spec_imports_no_framework(job, forbidden):
         "train": "name: r\nstorage_path: /r\nstage: finetune\ndata: [/d]\ninit_from: /m",
         "preprocess": "inputs: [/a.json]\noutput: /o\nmodel: /m",
         "infer": "model: {path: /m}\ninputs: [/i]\noutput: /o",
+        "eval": "benchmark: pope\nmodel: {path: /m}\nquestions: /q\nannotations: /c\noutput: /o",
+        "eval-suite": "models: [{path: /m}]\nbenchmarks: {mme: {annotations: /a}}\noutput: /o",
     }[job]
     code = (
         "import yaml\n"

@@ -1,9 +1,10 @@
 """``report.html``: the evaluation report as one self-contained page that opens from disk.
 
-Overall and per-type accuracy as a bar chart (inline SVG) against the chance and majority
-baselines when they are known, then examples (thumbnail embedded as a data URL, question, expected
-answer, prediction), wrong ones first. No script, no external file: it renders offline and can be
-mailed. Every number also sits in a ``data-value`` attribute, so tests and tools read it exactly.
+The headline and every metric, the per-category breakdown as a table and a bar chart (inline SVG;
+chance and majority-answer ticks when they are known), then examples (thumbnail embedded as a
+data URL, question, expected answer, prediction), wrong ones first. No script, no external file:
+it renders offline and can be mailed. Every number also sits in a ``data-value`` attribute, so
+tests and tools read it exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 from PIL import Image
 
+from pipelines.eval.benchmarks.base import Item
+from pipelines.eval.report import EvalReport
 from pipelines.spec import StorageOptions
 from pipelines.storage import read_many
 
@@ -22,7 +25,9 @@ from pipelines.storage import read_many
 MAX_EXAMPLES = 200
 THUMBNAIL_PX = 128
 MAX_SOURCE_PIXELS = 40_000_000
-BAR_PX, CHART_WIDTH = 26, 520
+BAR_PX, CHART_WIDTH = 26, 560
+# The breakdown's bar shows the first of these a category has.
+CHART_KEYS = ("score", "f1", "accuracy")
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -31,98 +36,128 @@ table { border-collapse: collapse; } td, th { padding: 4px 10px; text-align: lef
 tr.wrong td.prediction { color: #b00020; } tr.right td.prediction { color: #0a7d32; }
 .examples td { border-top: 1px solid #ddd; vertical-align: top; }
 .examples img { max-width: 128px; max-height: 128px; image-rendering: pixelated; }
-.meta { color: #666; }
+.meta { color: #666; } .headline { font-size: 1.3em; font-weight: 600; }
 """
 
 
-def render_report(report: Any, rows: list[dict[str, Any]], storage: StorageOptions) -> str:
-    """The page for ``report`` (an :class:`~pipelines.evaluate.EvalReport`) and its scored rows
-    (question, answer, prediction, question_type, image URL, correct)."""
-    shown = sorted(rows, key=lambda r: r["correct"])[:MAX_EXAMPLES]
-    thumbnails = _thumbnails([r["image"] for r in shown if r.get("image")], storage)
+def render_report(report: EvalReport, items: list[Item], storage: StorageOptions) -> str:
+    """The page for ``report`` and its scored items."""
+    shown = sorted(items, key=lambda item: item.score)[:MAX_EXAMPLES]
+    thumbnails = _thumbnails([i.image for i in shown if i.image], storage)
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Evaluation: {_e(report.model)}</title><style>{STYLE}</style></head><body>",
-        "<h1>Evaluation report</h1>",
-        f"<p class='meta'>model <code>{_e(report.model)}</code>, questions "
-        f"<code>{_e(report.questions)}</code></p>",
-        _summary_table(report),
-        "<h2>Accuracy by question type</h2>",
-        _chart(report),
-        f"<h2>Examples ({len(shown)} of {len(rows)}, wrong ones first)</h2>",
-        _examples(shown, thumbnails),
-        "</body></html>",
+        f"<title>{_e(report.title)}: {_e(report.model or report.answers)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{_e(report.title)} ({_e(report.split)})</h1>",
+        _summary(report),
+        "<h2>Metrics</h2>",
+        _metrics(report),
     ]
-    return "\n".join(parts)
+    if report.breakdown:
+        parts += ["<h2>By category</h2>", _breakdown(report), _chart(report)]
+    if shown:
+        parts += [
+            f"<h2>Examples ({len(shown)} of {len(items)}, wrong ones first)</h2>",
+            _examples(shown, thumbnails),
+        ]
+    return "\n".join([*parts, "</body></html>"])
 
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1000 else f"{value:.2f}"
+
+
 def _cell(name: str, value: float, kind: str = "") -> str:
-    return f"<td class='{name}' data-type='{_e(kind)}' data-value='{value!r}'>{value:.1%}</td>"
+    return f"<td class='{name}' data-type='{_e(kind)}' data-value='{value!r}'>{_number(value)}</td>"
 
 
-def _summary_table(report: Any) -> str:
-    b = report.baselines
-    header = "<tr><th>question type</th><th>accuracy</th>"
-    header += "<th>chance</th><th>majority answer</th></tr>" if b else "</tr>"
-    lines = ["<table class='summary'>", header]
-    types = [("all", report.accuracy)] + list(report.by_type.items())
-    for kind, accuracy in types:
-        cells = [f"<td>{_e(kind)}</td>", _cell("accuracy", accuracy, kind)]
-        if b:
-            chance = b.chance if kind == "all" else b.chance_by_type.get(kind)
-            majority = b.majority if kind == "all" else b.majority_by_type.get(kind)
-            for name, value in (("chance", chance), ("majority", majority)):
-                cells.append(_cell(name, value, kind) if value is not None else "<td>-</td>")
-        lines.append(f"<tr>{''.join(cells)}</tr>")
-    lines.append("</table>")
+def _summary(report: EvalReport) -> str:
+    lines = [f"<p class='meta'>model <code>{_e(report.model or '-')}</code>, answers "]
     lines.append(
-        f"<p class='meta' data-n='{report.n}' data-errors='{report.errors}'>{report.n} questions; "
-        f"{report.errors} without an answer (counted wrong).</p>"
+        f"<code>{_e(report.answers)}</code>, questions <code>{_e(report.questions)}</code></p>"
+    )
+    if report.score is None:
+        lines.append(
+            f"<p class='headline'>No local score: the {_e(report.split)} split's answers are not "
+            f"public. Upload <code>{_e(report.submission)}</code> to the benchmark's server.</p>"
+        )
+    else:
+        lines.append(
+            f"<p class='headline'>{_e(report.headline)}: <span class='score' data-type='headline' "
+            f"data-value='{report.score!r}'>{_number(report.score)}</span></p>"
+        )
+    partial = f" (limit {report.limit}: a partial score)" if report.limit else ""
+    lines.append(
+        f"<p class='meta' data-n='{report.n}' data-unanswered='{report.unanswered}'>{report.n} "
+        f"items{partial}; {report.unanswered} without an answer, counted wrong"
+        f"{f' ({report.errors} could not be asked: unreadable images)' if report.errors else ''}.</p>"
     )
     return "\n".join(lines)
 
 
-def _chart(report: Any) -> str:
-    """One bar per type (and overall), with tick marks for the chance and majority baselines."""
-    b = report.baselines
-    types = [("all", report.accuracy)] + list(report.by_type.items())
-    label_px, scale = 110, CHART_WIDTH - 160
-    height = len(types) * (BAR_PX + 8) + 30
+def _metrics(report: EvalReport) -> str:
+    rows = [f"<tr><td>{_e(k)}</td>{_cell('metric', v, k)}</tr>" for k, v in report.metrics.items()]
+    return "<table class='metrics'>" + "".join(rows) + "</table>"
+
+
+def _breakdown(report: EvalReport) -> str:
+    keys = list(dict.fromkeys(k for values in report.breakdown.values() for k in values))
+    base = report.baselines or {}
+    header = "".join(f"<th>{_e(k)}</th>" for k in [*keys, *base])
+    lines = [f"<table class='breakdown'><tr><th>category</th>{header}</tr>"]
+    for category, values in report.breakdown.items():
+        cells = [_cell(k, values[k], category) if k in values else "<td>-</td>" for k in keys]
+        for name, by_type in base.items():
+            value = by_type.get(category)
+            cells.append(_cell(name, value, category) if value is not None else "<td>-</td>")
+        lines.append(f"<tr><td>{_e(category)}</td>{''.join(cells)}</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _chart(report: EvalReport) -> str:
+    """One bar per category (its first of CHART_KEYS), ticks at the baselines."""
+    key = next((k for k in CHART_KEYS if all(k in v for v in report.breakdown.values())), None)
+    if key is None:
+        return ""
+    values = {c: v[key] for c, v in report.breakdown.items()}
+    top = max(100.0, *values.values())
+    label_px, scale = 170, (CHART_WIDTH - 240) / top
+    height = len(values) * (BAR_PX + 8) + 30
     svg = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{CHART_WIDTH}' height='{height}' "
-        "role='img' aria-label='accuracy by question type'>"
+        f"role='img' aria-label='{_e(key)} by category'>"
     ]
-    for i, (kind, accuracy) in enumerate(types):
+    for i, (category, value) in enumerate(values.items()):
         y = i * (BAR_PX + 8)
-        width = max(accuracy * scale, 1)
-        svg.append(f"<text x='0' y='{y + BAR_PX * 0.7}'>{_e(kind)}</text>")
+        svg.append(f"<text x='0' y='{y + BAR_PX * 0.7}'>{_e(category)[:24]}</text>")
         svg.append(
-            f"<rect x='{label_px}' y='{y}' width='{width:.1f}' height='{BAR_PX}' fill='#3b6fb6'/>"
+            f"<rect x='{label_px}' y='{y}' width='{max(value * scale, 1):.1f}' height='{BAR_PX}' "
+            "fill='#3b6fb6'/>"
         )
-        chance = majority = None
-        if b:
-            chance = b.chance if kind == "all" else b.chance_by_type.get(kind)
-            majority = b.majority if kind == "all" else b.majority_by_type.get(kind)
-        # The label goes right of the bar and of its ticks, so a short bar's label stays readable.
-        right = max(v for v in (accuracy, chance, majority) if v is not None) * scale
+        ticks = [
+            (b.get(category), colour)
+            for b, colour in zip(
+                (report.baselines or {}).values(), ("#999", "#e08a00"), strict=False
+            )
+        ]
+        right = max([value] + [t for t, _ in ticks if t is not None]) * scale
         svg.append(
-            f"<text x='{label_px + max(right, width) + 8:.1f}' y='{y + BAR_PX * 0.7}'>"
-            f"{accuracy:.1%}</text>"
+            f"<text x='{label_px + right + 8:.1f}' y='{y + BAR_PX * 0.7}'>{_number(value)}</text>"
         )
-        if b:
-            for value, colour in ((chance, "#999"), (majority, "#e08a00")):
-                if value is not None:
-                    x = label_px + value * scale
-                    svg.append(
-                        f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{y - 2}' y2='{y + BAR_PX + 2}' "
-                        f"stroke='{colour}' stroke-width='3'/>"
-                    )
-    y = len(types) * (BAR_PX + 8) + 16
-    if b:
+        for tick, colour in ticks:
+            if tick is not None:
+                x = label_px + tick * scale
+                svg.append(
+                    f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{y - 2}' y2='{y + BAR_PX + 2}' "
+                    f"stroke='{colour}' stroke-width='3'/>"
+                )
+    if report.baselines:
+        y = len(values) * (BAR_PX + 8) + 16
         svg.append(
             f"<text x='{label_px}' y='{y}' fill='#666'>grey: chance, orange: majority answer</text>"
         )
@@ -130,19 +165,20 @@ def _chart(report: Any) -> str:
     return "".join(svg)
 
 
-def _examples(rows: list[dict[str, Any]], thumbnails: dict[str, str]) -> str:
+def _examples(items: list[Item], thumbnails: dict[str, str]) -> str:
     lines = [
         "<table class='examples'><tr><th>image</th><th>question</th><th>expected</th>"
         "<th>prediction</th></tr>"
     ]
-    for row in rows:
-        src = thumbnails.get(row.get("image") or "")
+    for item in items:
+        src = thumbnails.get(item.image or "")
         image = f"<img alt='' src='{src}'>" if src else "<span class='meta'>no image</span>"
-        prediction = row["prediction"] if row["prediction"] is not None else "(no answer)"
+        prediction = item.prediction if item.prediction is not None else "(no answer)"
+        verdict = "right" if item.score >= 1 else "wrong"
         lines.append(
-            f"<tr class='{'right' if row['correct'] else 'wrong'}'><td>{image}</td>"
-            f"<td>{_e(row['question'])}<br><span class='meta'>{_e(row['question_type'])}</span>"
-            f"</td><td class='expected'>{_e(row['answer'])}</td>"
+            f"<tr class='{verdict}'><td>{image}</td>"
+            f"<td>{_e(item.question)}<br><span class='meta'>{_e(item.category)}</span></td>"
+            f"<td class='expected'>{_e(item.expected)}</td>"
             f"<td class='prediction'>{_e(prediction)}</td></tr>"
         )
     lines.append("</table>")

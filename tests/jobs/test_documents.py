@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipelines.errors import InputError, MissingInput
-from pipelines.evaluate import EvalReport
+from pipelines.eval.report import EvalReport
 from pipelines.infer.job import InferSummary
 from pipelines.shards import MANIFEST, read_manifest
 from pipelines.spec import StorageOptions
@@ -55,7 +55,7 @@ def test_documents_refuse_unknown_and_missing_keys():
     with pytest.raises(ValidationError, match="rows"):
         InferSummary(**{k: v for k, v in summary().items() if k != "rows"})
     with pytest.raises(ValidationError):
-        EvalReport(n=1, accuracy=1.0, by_type={}, errors=0, model="/m", questions="/q")
+        EvalReport(n=1, accuracy=1.0, by_type={}, errors=0, model="/m", questions="/q")  # v1
 
 
 def test_read_manifest_refuses_missing_failed_and_foreign_outputs(tmp_path):
