@@ -68,6 +68,7 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/serve.py
 	$(PY) bench/infer.py
+	$(PY) bench/eval.py
 	$(PY) bench/storage_outage.py
 
 # Training a 358M model on CPU (about 20 minutes on 2 CPUs): step time vs a plain loop, peak

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCK = re.compile(r"(<!-- spec-reference: (\w+) -->\n)(.*?)(<!-- /spec-reference -->)", re.S)
+BLOCK = re.compile(r"(<!-- spec-reference: ([\w-]+) -->\n)(.*?)(<!-- /spec-reference -->)", re.S)
 
 
 def render(text: str) -> str:
