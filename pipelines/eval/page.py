@@ -37,6 +37,7 @@ tr.wrong td.prediction { color: #b00020; } tr.right td.prediction { color: #0a7d
 .examples td { border-top: 1px solid #ddd; vertical-align: top; }
 .examples img { max-width: 128px; max-height: 128px; image-rendering: pixelated; }
 .meta { color: #666; } .headline { font-size: 1.3em; font-weight: 600; }
+svg { display: block; margin-top: 1.5em; }
 """
 
 
@@ -68,7 +69,8 @@ def _e(value: Any) -> str:
 
 
 def _number(value: float) -> str:
-    return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1000 else f"{value:.2f}"
+    """A count or a whole score without decimals, anything else with two."""
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,.2f}"
 
 
 def _cell(name: str, value: float, kind: str = "") -> str:

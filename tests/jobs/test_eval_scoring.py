@@ -480,3 +480,64 @@ def test_published_files_answers_and_report_on_s3(s3_server, monkeypatch, tmp_pa
     assert report.score == pytest.approx((50 + 100 + 200 / 3) / 3)
     fs.invalidate_cache()
     assert fs.exists("eval-bucket/out/report.json") and fs.exists("eval-bucket/out/report.html")
+
+
+def test_mmbench_reads_llavas_all_rounds_answers_too(tmp_path):
+    """LLaVA's --all-rounds writes each round under the question's own index with its round_id."""
+    files = bf.mmbench(tmp_path / "mmb")
+    pairs = [(a[0] % 1_000_000, "", a[1]) for a in MMBENCH_ANSWERS]
+    rounds = [a[0] // 1_000_000 for a in MMBENCH_ANSWERS]
+    path = bf.answers(tmp_path / "a.jsonl", pairs)
+    lines = [
+        {**json.loads(line), "round_id": r}
+        for line, r in zip(path.read_text().splitlines(), rounds, strict=True)
+    ]
+    bf.jsonl(path, lines)
+    report = evaluate(tmp_path, benchmark="mmbench", answers=path, questions=files["questions"])
+    assert report.score == pytest.approx(100 / 3) and report.unanswered == 0
+
+
+def test_vizwiz_val_from_its_annotations(tmp_path):
+    root = tmp_path / "vizwiz"
+    root.mkdir()
+    humans = [["unanswerable"] * 10, ["red"] * 2 + ["pink"] * 8]
+    data = [
+        {
+            "image": f"VizWiz_val_{i:08d}.jpg",
+            "question": q,
+            "answers": [{"answer": a, "answer_confidence": "yes"} for a in h],
+            "answer_type": t,
+            "answerable": int(t != "unanswerable"),
+        }
+        for i, (q, h, t) in enumerate(
+            zip(["What is this?", "What color?"], humans, ["unanswerable", "other"], strict=True)
+        )
+    ]
+    (root / "val.json").write_text(json.dumps(data))
+    answers = bf.answers(tmp_path / "a.jsonl", [(0, "Unanswerable"), (1, "Red.")])
+    report = evaluate(
+        tmp_path, benchmark="vizwiz", answers=answers, annotations=[root / "val.json"]
+    )
+    assert report.score == pytest.approx((1 + 0.6) / 2 * 100) and report.split == "val"
+    assert report.breakdown["unanswerable"]["accuracy"] == 100.0
+
+
+def test_val_questions_are_asked_from_the_annotations_with_llavas_instructions(tmp_path):
+    from pipelines.eval.job import make_benchmark
+
+    vqa = bf.vqav2(tmp_path / "vqa")
+    spec = EvalSpec.model_validate(
+        {
+            "benchmark": "vqav2",
+            "model": {"path": "/m"},
+            "annotations": [str(a) for a in vqa["annotations"]],
+            "images": str(vqa["images"]),
+            "output": str(tmp_path / "o"),
+        }
+    )
+    questions = make_benchmark(spec).questions(str(tmp_path / "staging"))
+    assert [q.question_id for q in questions] == [262148000, 262148001, 393225000]
+    assert (
+        questions[0].prompt == "How many dogs?\nAnswer the question using a single word or phrase."
+    )
+    assert questions[2].image == str(vqa["images"] / "COCO_val2014_000000393225.jpg")

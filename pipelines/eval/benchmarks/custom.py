@@ -65,7 +65,7 @@ def is_correct(prediction: str | None, answer: str) -> bool:
 
 class Custom(Benchmark):
     name = "custom"
-    title = "custom"
+    title = "custom questions"
     headline = "accuracy (%), exact match after normalisation"
     default_split = "eval"
     columns = CustomColumns()
@@ -135,6 +135,6 @@ class Custom(Benchmark):
             )
         accuracy = percent(i.score for i in items)
         breakdown = by_category(items) if any(i.category for i in items) else {}
-        metrics = {"accuracy": accuracy} | {k: v["accuracy"] for k, v in breakdown.items()}
+        metrics = {"accuracy": accuracy}
         unanswered = sum(1 for i in items if i.prediction is None)
         return Scored(self.split, accuracy, metrics, breakdown, items, unanswered)

@@ -223,7 +223,7 @@ class MmBench(Benchmark):
 
     def score(self, answers: list[Answer], limit_to: list[Question] | None) -> Scored:
         rows = self._rows()
-        found = matched(answers, lambda a: int(a.question_id), set(rows), self.name)
+        found = matched(answers, self._row_of, set(rows), self.name)
         if not all(r.get("answer") in OPTIONS for r in rows.values()):
             return self._submission(rows, found)
         asked = {q.question_id % ROUND for q in limit_to} if limit_to is not None else None
@@ -252,6 +252,16 @@ class MmBench(Benchmark):
             )
             l2.setdefault(head.get("l2-category") or "other", []).append(float(all(right)))
         return self._scored(items, first_round, l2)
+
+    @staticmethod
+    def _row_of(answer: Answer) -> int | None:
+        """The row an answer is for: its ``question_id`` (``index + k * ROUND``), or, as LLaVA's
+        ``model_vqa_mmbench.py --all-rounds`` writes it, the question's index and ``round_id``."""
+        try:
+            index, round_id = int(answer.question_id), int(answer.record.get("round_id") or 0)
+        except (TypeError, ValueError):
+            return None
+        return index + round_id * ROUND if index < ROUND else index
 
     @staticmethod
     def _reads(row: Row, answer: Answer) -> str | None:

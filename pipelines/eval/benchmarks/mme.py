@@ -85,7 +85,7 @@ class Mme(Benchmark):
             path = join(folder, name)
             if name.removesuffix(".txt") in SUBTASKS and name.endswith(".txt"):
                 truth.update(self._tool_file(path, name.removesuffix(".txt")))  # Your_Results
-            elif self.files.is_dir(path):
+            elif name in SUBTASKS and self.files.is_dir(path):
                 inside = self.files.listdir(path)
                 qa = join(path, "questions_answers_YN") if "images" in inside else path
                 for file in self.files.listdir(qa) if qa != path else inside:

@@ -19,7 +19,11 @@ from pipelines.eval.benchmarks.base import Answer, Benchmark, Item, Question, Sc
 from pipelines.storage import join
 
 PREFIX, SUFFIX = "coco_pope_", ".json"
-INSTRUCTION = "\nAnswer the question using a single word or phrase."
+
+
+def _name(image: object) -> str:
+    """An image's file name (a question file may give it with a folder)."""
+    return str(image).rsplit("/", 1)[-1]
 
 
 def says_no(text: str) -> bool:
@@ -89,10 +93,10 @@ class Pope(Benchmark):
             )
         return {split: self.files.jsonl(url, "pope labels") for split, url in sorted(urls.items())}
 
-    def _paired(self) -> dict[object, tuple[str, int, dict]]:
+    def _paired(self) -> dict[str, tuple[str, int, dict]]:
         return self.once("_paired", self._paired_read)
 
-    def _paired_read(self) -> dict[object, tuple[str, int, dict]]:
+    def _paired_read(self) -> dict[str, tuple[str, int, dict]]:
         """Each question id -> (split, position, label line), checked to ask the same thing."""
         labels = self._labels()
         by_split: dict[str, list[dict]] = {}
@@ -104,7 +108,7 @@ class Pope(Benchmark):
                 f"pope questions {self.questions_url!r} have categories {sorted(map(str, unknown))} "
                 f"with no label file among the annotations (splits: {sorted(labels)})"
             )
-        pairs = {}
+        pairs: dict[str, tuple[str, int, dict]] = {}
         for split, questions in by_split.items():
             lines = labels[split]
             if len(questions) > len(lines):
@@ -113,15 +117,16 @@ class Pope(Benchmark):
                     f"{len(lines)} labels: not the label file of this question file"
                 )
             for position, (question, label) in enumerate(zip(questions, lines, strict=False)):
-                asked = question["text"].removesuffix(INSTRUCTION)
-                if label.get("image") != question["image"] or label.get("text") != asked:
+                asked = str(question["text"]).split("\n")[0]  # the instruction follows
+                same_image = _name(label.get("image")) == _name(question["image"])
+                if not same_image or str(label.get("text")).split("\n")[0] != asked:
                     raise InputError(
                         f"pope: {split} question {position + 1} ({question['image']}: {asked!r}) "
                         f"and coco_pope_{split}.json line {position + 1} ({label.get('image')}: "
                         f"{label.get('text')!r}) differ; LLaVA pairs them by position, so the "
                         "label file must be the version the question file was made from"
                     )
-                pairs[question["question_id"]] = (split, position, label)
+                pairs[str(question["question_id"])] = (split, position, label)
         return pairs
 
     def check(self) -> None:
@@ -130,8 +135,8 @@ class Pope(Benchmark):
     def score(self, answers: list[Answer], limit_to: list[Question] | None) -> Scored:
         pairs = self._paired()
         labels = self._labels()
-        by_id = matched(answers, lambda a: a.question_id, set(pairs), "pope")
-        asked = {q.question_id for q in limit_to} if limit_to is not None else None
+        by_id = matched(answers, lambda a: str(a.question_id), set(pairs), "pope")
+        asked = {str(q.question_id) for q in limit_to} if limit_to is not None else None
         universe = {
             (split, position): label
             for split, lines in labels.items()
