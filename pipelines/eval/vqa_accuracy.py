@@ -20,128 +20,68 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-CONTRACTIONS = {
-    "aint": "ain't",
-    "arent": "aren't",
-    "cant": "can't",
-    "couldve": "could've",
-    "couldnt": "couldn't",
-    "couldn'tve": "couldn't've",
-    "couldnt've": "couldn't've",
-    "didnt": "didn't",
-    "doesnt": "doesn't",
-    "dont": "don't",
-    "hadnt": "hadn't",
-    "hadnt've": "hadn't've",
-    "hadn'tve": "hadn't've",
-    "hasnt": "hasn't",
-    "havent": "haven't",
-    "hed": "he'd",
-    "hed've": "he'd've",
-    "he'dve": "he'd've",
-    "hes": "he's",
-    "howd": "how'd",
-    "howll": "how'll",
-    "hows": "how's",
-    "Id've": "I'd've",
-    "I'dve": "I'd've",
-    "Im": "I'm",
-    "Ive": "I've",
-    "isnt": "isn't",
-    "itd": "it'd",
-    "itd've": "it'd've",
-    "it'dve": "it'd've",
-    "itll": "it'll",
-    "let's": "let's",
-    "maam": "ma'am",
-    "mightnt": "mightn't",
-    "mightnt've": "mightn't've",
-    "mightn'tve": "mightn't've",
-    "mightve": "might've",
-    "mustnt": "mustn't",
-    "mustve": "must've",
-    "neednt": "needn't",
-    "notve": "not've",
-    "oclock": "o'clock",
-    "oughtnt": "oughtn't",
-    "ow's'at": "'ow's'at",
-    "'ows'at": "'ow's'at",
-    "'ow'sat": "'ow's'at",
-    "shant": "shan't",
-    "shed've": "she'd've",
-    "she'dve": "she'd've",
-    "she's": "she's",
-    "shouldve": "should've",
-    "shouldnt": "shouldn't",
-    "shouldnt've": "shouldn't've",
-    "shouldn'tve": "shouldn't've",
-    "somebody'd": "somebodyd",
-    "somebodyd've": "somebody'd've",
-    "somebody'dve": "somebody'd've",
-    "somebodyll": "somebody'll",
-    "somebodys": "somebody's",
-    "someoned": "someone'd",
-    "someoned've": "someone'd've",
-    "someone'dve": "someone'd've",
-    "someonell": "someone'll",
-    "someones": "someone's",
-    "somethingd": "something'd",
-    "somethingd've": "something'd've",
-    "something'dve": "something'd've",
-    "somethingll": "something'll",
-    "thats": "that's",
-    "thered": "there'd",
-    "thered've": "there'd've",
-    "there'dve": "there'd've",
-    "therere": "there're",
-    "theres": "there's",
-    "theyd": "they'd",
-    "theyd've": "they'd've",
-    "they'dve": "they'd've",
-    "theyll": "they'll",
-    "theyre": "they're",
-    "theyve": "they've",
-    "twas": "'twas",
-    "wasnt": "wasn't",
-    "wed've": "we'd've",
-    "we'dve": "we'd've",
-    "weve": "we've",
-    "werent": "weren't",
-    "whatll": "what'll",
-    "whatre": "what're",
-    "whats": "what's",
-    "whatve": "what've",
-    "whens": "when's",
-    "whered": "where'd",
-    "wheres": "where's",
-    "whereve": "where've",
-    "whod": "who'd",
-    "whod've": "who'd've",
-    "who'dve": "who'd've",
-    "wholl": "who'll",
-    "whos": "who's",
-    "whove": "who've",
-    "whyll": "why'll",
-    "whyre": "why're",
-    "whys": "why's",
-    "wont": "won't",
-    "wouldve": "would've",
-    "wouldnt": "wouldn't",
-    "wouldnt've": "wouldn't've",
-    "wouldn'tve": "wouldn't've",
-    "yall": "y'all",
-    "yall'll": "y'all'll",
-    "y'allll": "y'all'll",
-    "yall'd've": "y'all'd've",
-    "y'alld've": "y'all'd've",
-    "y'all'dve": "y'all'd've",
-    "youd": "you'd",
-    "youd've": "you'd've",
-    "you'dve": "you'd've",
-    "youll": "you'll",
-    "youre": "you're",
-    "youve": "you've",
-}
+
+def _pairs(text: str) -> dict[str, str]:
+    """``word=replacement`` pairs, separated by white space."""
+    return dict(pair.split("=", 1) for pair in text.split())
+
+
+# The VQA API's contractions (EvalAI's are the same).
+CONTRACTIONS = _pairs(
+    """
+aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't couldn'tve=couldn't've
+couldnt've=couldn't've didnt=didn't doesnt=doesn't dont=don't hadnt=hadn't
+hadnt've=hadn't've hadn'tve=hadn't've hasnt=hasn't havent=haven't hed=he'd hed've=he'd've
+he'dve=he'd've hes=he's howd=how'd howll=how'll hows=how's Id've=I'd've I'dve=I'd've Im=I'm
+Ive=I've isnt=isn't itd=it'd itd've=it'd've it'dve=it'd've itll=it'll let's=let's maam=ma'am
+mightnt=mightn't mightnt've=mightn't've mightn'tve=mightn't've mightve=might've
+mustnt=mustn't mustve=must've neednt=needn't notve=not've oclock=o'clock oughtnt=oughtn't
+ow's'at='ow's'at 'ows'at='ow's'at 'ow'sat='ow's'at shant=shan't shed've=she'd've
+she'dve=she'd've she's=she's shouldve=should've shouldnt=shouldn't shouldnt've=shouldn't've
+shouldn'tve=shouldn't've somebody'd=somebodyd somebodyd've=somebody'd've
+somebody'dve=somebody'd've somebodyll=somebody'll somebodys=somebody's someoned=someone'd
+someoned've=someone'd've someone'dve=someone'd've someonell=someone'll someones=someone's
+somethingd=something'd somethingd've=something'd've something'dve=something'd've
+somethingll=something'll thats=that's thered=there'd thered've=there'd've
+there'dve=there'd've therere=there're theres=there's theyd=they'd theyd've=they'd've
+they'dve=they'd've theyll=they'll theyre=they're theyve=they've twas='twas wasnt=wasn't
+wed've=we'd've we'dve=we'd've weve=we've werent=weren't whatll=what'll whatre=what're
+whats=what's whatve=what've whens=when's whered=where'd wheres=where's whereve=where've
+whod=who'd whod've=who'd've who'dve=who'd've wholl=who'll whos=who's whove=who've
+whyll=why'll whyre=why're whys=why's wont=won't wouldve=would've wouldnt=wouldn't
+wouldnt've=wouldn't've wouldn'tve=wouldn't've yall=y'all yall'll=y'all'll y'allll=y'all'll
+yall'd've=y'all'd've y'alld've=y'all'd've y'all'dve=y'all'd've youd=you'd youd've=you'd've
+you'dve=you'd've youll=you'll youre=you're youve=you've
+"""
+)
+# VizWiz's copy of the VQA API keeps an older list, with curly apostrophes in most replacements.
+VIZWIZ_CONTRACTIONS = _pairs(
+    """
+aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't couldn'tve=couldn’t’ve
+couldnt’ve=couldn’t’ve didnt=didn’t doesnt=doesn’t dont=don’t hadnt=hadn’t
+hadnt’ve=hadn’t’ve hadn'tve=hadn’t’ve hasnt=hasn’t havent=haven’t hed=he’d hed’ve=he’d’ve
+he’dve=he’d’ve hes=he’s howd=how’d howll=how’ll hows=how’s Id’ve=I’d’ve I’dve=I’d’ve Im=I’m
+Ive=I’ve isnt=isn’t itd=it’d itd’ve=it’d’ve it’dve=it’d’ve itll=it’ll let’s=let’s maam=ma’am
+mightnt=mightn’t mightnt’ve=mightn’t’ve mightn’tve=mightn’t’ve mightve=might’ve
+mustnt=mustn’t mustve=must’ve neednt=needn’t notve=not’ve oclock=o’clock oughtnt=oughtn’t
+ow’s’at=’ow’s’at ’ows’at=’ow’s’at ’ow’sat=’ow’s’at shant=shan’t shed’ve=she’d’ve
+she’dve=she’d’ve she’s=she’s shouldve=should’ve shouldnt=shouldn’t shouldnt’ve=shouldn’t’ve
+shouldn’tve=shouldn’t’ve somebody’d=somebodyd somebodyd’ve=somebody’d’ve
+somebody’dve=somebody’d’ve somebodyll=somebody’ll somebodys=somebody’s someoned=someone’d
+someoned’ve=someone’d’ve someone’dve=someone’d’ve someonell=someone’ll someones=someone’s
+somethingd=something’d somethingd’ve=something’d’ve something’dve=something’d’ve
+somethingll=something’ll thats=that’s thered=there’d thered’ve=there’d’ve
+there’dve=there’d’ve therere=there’re theres=there’s theyd=they’d theyd’ve=they’d’ve
+they’dve=they’d’ve theyll=they’ll theyre=they’re theyve=they’ve twas=’twas wasnt=wasn’t
+wed’ve=we’d’ve we’dve=we’d’ve weve=we've werent=weren’t whatll=what’ll whatre=what’re
+whats=what’s whatve=what’ve whens=when’s whered=where’d wheres=where's whereve=where’ve
+whod=who’d whod’ve=who’d’ve who’dve=who’d’ve wholl=who’ll whos=who’s whove=who've
+whyll=why’ll whyre=why’re whys=why’s wont=won’t wouldve=would’ve wouldnt=wouldn’t
+wouldnt’ve=wouldn’t’ve wouldn’tve=wouldn’t’ve yall=y’all yall’ll=y’all’ll y’allll=y’all’ll
+yall’d’ve=y’all’d’ve y’alld’ve=y’all’d’ve y’all’dve=y’all’d’ve youd=you’d youd’ve=you’d’ve
+you’dve=you’d’ve youll=you’ll youre=you’re youve=you’ve
+"""
+)
 NUMBERS = {
     "none": "0",
     "zero": "0",
@@ -198,10 +138,10 @@ def _punctuation(text: str, comma: re.Pattern) -> str:
     return _PERIOD.sub("", out, _MAX_PERIODS)
 
 
-def _digits_and_articles(text: str) -> str:
+def _digits_and_articles(text: str, contractions: dict[str, str] = CONTRACTIONS) -> str:
     words = [NUMBERS.get(word, word) for word in text.lower().split()]
     words = [word for word in words if word not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(word, word) for word in words)
+    return " ".join(contractions.get(word, word) for word in words)
 
 
 def official_answer(text: str) -> str:
@@ -240,3 +180,13 @@ def textvqa_accuracy(prediction: str, humans: Sequence[str]) -> float:
     """TextVQA accuracy (LLaVA's ``TextVQAAccuracyEvaluator``): both sides through EvalAI's
     processor, then the same agreement."""
     return _agreement(evalai_answer(prediction), [evalai_answer(a) for a in humans])
+
+
+def vizwiz_accuracy(prediction: str, humans: Sequence[str]) -> float:
+    """VizWiz accuracy (VizWiz's API, its copy of ``vqaEval.py``): the prediction through the
+    same steps with its contractions, the human answers as they are, whether or not they
+    differ."""
+    text = prediction.replace("\n", " ").replace("\t", " ").strip()
+    return _agreement(
+        _digits_and_articles(_punctuation(text, _OFFICIAL_COMMA), VIZWIZ_CONTRACTIONS), humans
+    )

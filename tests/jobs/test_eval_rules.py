@@ -16,6 +16,7 @@ from pipelines.eval.vqa_accuracy import (
     evalai_answer,
     official_answer,
     textvqa_accuracy,
+    vizwiz_accuracy,
     vqa_accuracy,
 )
 
@@ -229,3 +230,12 @@ def test_textvqa_refuses_a_prompt_it_cannot_read():
 )
 def test_custom_question_files_use_the_house_normalisation(given, expected):
     assert normalize_answer(given) == expected
+
+
+def test_vizwiz_leaves_the_human_answers_as_they_are():
+    """VizWiz's API processes the prediction only (VQAv2's also cleans differing human answers)."""
+    humans = ["t-shirt"] * 4 + ["shirt"] * 6
+    assert vizwiz_accuracy("T-shirt", humans) == 0.0  # "t shirt" against "t-shirt"
+    assert vqa_accuracy("T-shirt", humans) == 1.0
+    assert vizwiz_accuracy("Unanswerable.", ["unanswerable"] * 10) == 1.0
+    assert vizwiz_accuracy("dont", ["don’t"] * 4) == 1.0  # its contractions: curly apostrophes

@@ -541,3 +541,71 @@ def test_val_questions_are_asked_from_the_annotations_with_llavas_instructions(t
         questions[0].prompt == "How many dogs?\nAnswer the question using a single word or phrase."
     )
     assert questions[2].image == str(vqa["images"] / "COCO_val2014_000000393225.jpg")
+
+
+def test_mmbench_answers_of_the_tsvs_rows_alone_are_scored_on_those_rows(tmp_path):
+    """LLaVA's script answers each row of a TSV without rounds once; MMBench's evaluator then
+    groups those rows alone (a plain accuracy), and the report says one round was asked."""
+    files = bf.mmbench(tmp_path / "mmb")  # no rounds written out
+    answers = bf.answers(tmp_path / "a.jsonl", [(0, "A"), (1, "B"), (2, "A")])
+    report = evaluate(tmp_path, benchmark="mmbench", answers=answers, questions=files["questions"])
+    assert report.score == pytest.approx(200 / 3) and report.unanswered == 0
+    assert report.metrics["rounds_per_question"] == 1.0
+
+
+@pytest.mark.parametrize("cell", ["N/A", "NA", "null", "NULL", "#N/A", "<NA>", "None", "nan"])
+def test_mmbench_cells_pandas_reads_as_missing_are_no_option(tmp_path, cell):
+    files = bf.mmbench(tmp_path / "mmb")
+    lines = files["questions"].read_text().splitlines()
+    header = lines[0].split("\t")
+    row = lines[1].split("\t")
+    row[header.index("D")] = cell  # question 0: options red, green, blue, and no fourth
+    files["questions"].write_text("\n".join([lines[0], "\t".join(row), *lines[2:]]) + "\n")
+    from pipelines.eval.job import make_benchmark
+
+    spec = EvalSpec.model_validate(
+        {
+            "benchmark": "mmbench",
+            "model": {"path": "/m"},
+            "questions": str(files["questions"]),
+            "output": str(tmp_path / "o"),
+        }
+    )
+    first = make_benchmark(spec).questions(str(tmp_path / "staging"))[0]
+    assert first.recorded["options"] == ["red", "green", "blue"] and "\nD." not in first.prompt
+
+
+def test_the_mmbench_upload_writes_indices_as_numbers(tmp_path):
+    import openpyxl
+
+    files = bf.mmbench(tmp_path / "mmb", rotations=True, with_answers=False)
+    report = evaluate(
+        tmp_path,
+        benchmark="mmbench",
+        answers=bf.answers(tmp_path / "a.jsonl", MMBENCH_ANSWERS),
+        questions=files["questions"],
+        split="test",
+    )
+    sheet = openpyxl.load_workbook(report.submission).active
+    assert [cell.value for cell in sheet["A"]][:3] == ["index", 0, 1000000]
+
+
+def test_annotations_may_be_the_folders_that_hold_the_files(tmp_path):
+    bf.vqav2(tmp_path / "vqa")  # the two VQA files in one folder
+    answers = bf.answers(
+        tmp_path / "v.jsonl", [(262148000, "Two"), (262148001, "Yes."), (393225000, "red")]
+    )
+    report = evaluate(
+        tmp_path / "v", benchmark="vqav2", answers=answers, annotations=[tmp_path / "vqa"]
+    )
+    assert report.score == pytest.approx((1 + 1 + 0.6) / 3 * 100)
+    mme = bf.mme(tmp_path / "MME")  # LLaVA's MME/ holds MME_Benchmark_release_version
+    questions = lines(mme["questions"])
+    pairs = [(q["question_id"], q["text"], "Yes") for q in questions]
+    report = evaluate(
+        tmp_path / "m",
+        benchmark="mme",
+        answers=bf.answers(tmp_path / "m.jsonl", pairs),
+        annotations=[tmp_path / "MME"],
+    )
+    assert report.n == 8 and report.unanswered == 0

@@ -7,7 +7,9 @@ and it counts only when every round is right. A TSV that already holds the shift
 a million or more, as LLaVA's ``mmbench_dev_20230712.tsv``) is asked as it is; otherwise the rounds
 are made here. The prompt is LLaVA's ``model_vqa_mmbench.py``'s: the hint (when there is one), the
 question, the options ``A. ...``, then the instruction ("Answer with the option's letter from the
-given choices directly.", or "请直接回答选项字母。" for MMBench-CN). The letter is read from the answer
+given choices directly.", or "请直接回答选项字母。" for MMBench-CN). Answers made elsewhere that
+cover only the TSV's own rows are scored on those rows, as MMBench's evaluator groups the rows
+it has (the report's ``rounds_per_question`` is then 1). The letter is read from the answer
 with VLMEvalKit's ``can_infer`` (an option letter standing alone, else the one option whose text
 the answer contains), MMBench's rule-based matching without the ChatGPT fallback. A TSV without
 answers (the test split) gives the ``.xlsx`` MMBench's server takes, as LLaVA's
@@ -55,11 +57,18 @@ _NOT_UPLOADED = ("hint", "category", "source", "image", "comment", "l2-category"
 Row = dict[str, str]
 
 
+# The cells pandas reads as NaN by default (LLaVA's scripts and VLMEvalKit read the TSV with it).
+PANDAS_NA = frozenset(
+    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN")
+    + ("<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+)
+
+
 def is_none(value: Any) -> bool:
-    """LLaVA's test for an absent cell (a TSV read here gives "" for an empty one)."""
+    """LLaVA's test for an absent cell, on the cells pandas would have read as NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return True
-    return isinstance(value, str) and value.strip().lower() in ("", "nan", "none")
+    return isinstance(value, str) and (value in PANDAS_NA or value.lower() in ("nan", "none"))
 
 
 def options_of(row: Row) -> list[str]:
@@ -124,11 +133,13 @@ class MmBench(Benchmark):
     headline = "circular accuracy (%) on the dev questions"
     default_split = "dev"
 
-    def _rows(self) -> dict[int, Row]:
-        return self.once("_rows", self._rows_read)
+    def _rows(self, with_rounds: bool) -> dict[int, Row]:
+        """The TSV's rows by index; ``with_rounds``: with the circular rounds made when the TSV
+        has none (the rows asked here; answers made elsewhere may cover the TSV's rows only,
+        and are then scored on those, as MMBench's evaluator does)."""
+        return self.once(f"rows-{with_rounds}", lambda: self._rows_read(with_rounds))
 
-    def _rows_read(self) -> dict[int, Row]:
-        """Every row to ask, by index (the circular rounds made when the TSV has none)."""
+    def _rows_read(self, with_rounds: bool) -> dict[int, Row]:
         url = self._questions_url()
         rows = self.files.tsv(url, f"{self.name} questions")
         missing = {"index", "question", "A", "B", "image"} - set(rows[0])
@@ -142,7 +153,7 @@ class MmBench(Benchmark):
                 raise InputError(
                     f"{self.name} questions {url!r} line {number}: index {row['index']!r}"
                 )
-        if not any(int(r["index"]) >= ROUND for r in rows):
+        if with_rounds and not any(int(r["index"]) >= ROUND for r in rows):
             rows = [rotated for row in rows for rotated in rounds(row)]
         by_index = {int(r["index"]): r for r in rows}
         if len(by_index) != len(rows):
@@ -172,7 +183,7 @@ class MmBench(Benchmark):
                 )
 
     def questions(self, staging: str) -> list[Question]:
-        rows = self._rows()
+        rows = self._rows(with_rounds=True)
         images = self._images(rows, staging)
         questions = []
         for index, row in rows.items():
@@ -222,7 +233,8 @@ class MmBench(Benchmark):
         return urls
 
     def score(self, answers: list[Answer], limit_to: list[Question] | None) -> Scored:
-        rows = self._rows()
+        asked = [self._row_of(a) for a in answers] + [q.question_id for q in limit_to or []]
+        rows = self._rows(with_rounds=any(i is not None and i >= ROUND for i in asked))
         found = matched(answers, self._row_of, set(rows), self.name)
         if not all(r.get("answer") in OPTIONS for r in rows.values()):
             return self._submission(rows, found)
@@ -251,7 +263,8 @@ class MmBench(Benchmark):
                 )
             )
             l2.setdefault(head.get("l2-category") or "other", []).append(float(all(right)))
-        return self._scored(items, first_round, l2)
+        rounds_per_question = sum(map(len, groups.values())) / max(len(groups), 1)
+        return self._scored(items, first_round, l2, rounds_per_question)
 
     @staticmethod
     def _row_of(answer: Answer) -> int | None:
@@ -267,11 +280,14 @@ class MmBench(Benchmark):
     def _reads(row: Row, answer: Answer) -> str | None:
         return can_infer(answer.text, {o: row[o] for o in OPTIONS if not is_none(row.get(o))})
 
-    def _scored(self, items: list[Item], first_round: list[float], l2: dict) -> Scored:
+    def _scored(
+        self, items: list[Item], first_round: list[float], l2: dict, rounds_per_question: float
+    ) -> Scored:
         breakdown = by_category(items)
         metrics = {
             "circular_accuracy": percent(i.score for i in items),
             "first_round_accuracy": percent(first_round),
+            "rounds_per_question": rounds_per_question,  # 1: the TSV's rows only were answered
         }
         metrics |= {f"l2:{k}": percent(v) for k, v in sorted(l2.items())}
         unanswered = sum(1 for i in items if i.prediction is None)
@@ -288,6 +304,7 @@ class MmBench(Benchmark):
             [{k: v for k, v in r.items() if k not in _NOT_UPLOADED} for r in rows.values()]
         )
         predictions = [found[i].text if i in found else None for i in rows]
+        table["index"] = table["index"].astype(int)
         table.insert(min(6, len(table.columns)), "prediction", predictions)
         buffer = io.BytesIO()
         table.to_excel(buffer, index=False, engine="openpyxl")

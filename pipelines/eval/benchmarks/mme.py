@@ -34,6 +34,7 @@ PERCEPTION = (
 )
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 SUBTASKS = PERCEPTION + COGNITION
+RELEASE = "MME_Benchmark_release_version"
 LLAVA_INSTRUCTION = "Answer the question using a single word or phrase."
 MME_INSTRUCTION = " Please answer yes or no."
 
@@ -56,8 +57,10 @@ class Mme(Benchmark):
 
     def __init__(self, files, questions, images, split=None):
         super().__init__(files, questions, images, split)
-        if self.images is None and len(files.annotations) == 1:
-            self.images = files.annotations[0]  # the release folder holds the images too
+        if self.images is None and len(files.annotations) == 1:  # the release folder holds
+            folder = files.annotations[0]  # the images too (or the folder holding it does)
+            inside = files.listdir(folder) if files.is_dir(folder) else []
+            self.images = join(folder, RELEASE) if RELEASE in inside else folder
 
     def questions(self, staging: str) -> list[Question]:
         return [
@@ -80,6 +83,8 @@ class Mme(Benchmark):
                 "mme: annotations is the MME_Benchmark_release_version folder (or the MME tool's "
                 f"Your_Results folder); given {self.files.annotations}"
             )
+        if RELEASE in self.files.listdir(folder):  # the folder that holds it (LLaVA's MME/)
+            folder = join(folder, RELEASE)
         truth: dict[Key, str] = {}
         for name in self.files.listdir(folder):
             path = join(folder, name)

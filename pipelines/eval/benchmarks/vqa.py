@@ -12,6 +12,7 @@ annotated question with the instruction LLaVA uses for that benchmark.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipelines.errors import InputError
@@ -25,7 +26,8 @@ from pipelines.eval.benchmarks.base import (
     matched,
     percent,
 )
-from pipelines.eval.vqa_accuracy import evalai_answer, vqa_accuracy
+from pipelines.eval.vqa_accuracy import evalai_answer, vizwiz_accuracy, vqa_accuracy
+from pipelines.storage import join
 
 SHORT = "\nAnswer the question using a single word or phrase."
 UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
@@ -37,6 +39,7 @@ class _TenAnswers(Benchmark):
 
     test_split: str
     default_split = "val"
+    accuracy: Callable[[str, Sequence[str]], float]  # the benchmark's own API's rule
 
     def questions(self, staging: str) -> list[Question]:
         if self.questions_url is None:
@@ -91,7 +94,7 @@ class _TenAnswers(Benchmark):
                     entry["question"],
                     " / ".join(entry["answers"]),
                     answer.text if answer else None,
-                    vqa_accuracy(answer.text, entry["answers"]) if answer else 0.0,
+                    self.accuracy(answer.text, entry["answers"]) if answer else 0.0,
                     entry["category"],
                     self.image_url(entry["image"]),
                 )
@@ -123,10 +126,11 @@ class VqaV2(_TenAnswers):
     title = "VQAv2"
     headline = "VQA accuracy (%)"
     test_split = "test-dev"
+    accuracy = staticmethod(vqa_accuracy)
 
     def _truth_read(self) -> dict[Any, dict[str, Any]]:
         annotations = questions = None
-        for url in self.files.annotations:
+        for url in self._files():
             data = self.files.json(url, "vqav2 annotations")
             if isinstance(data, dict) and isinstance(data.get("annotations"), list):
                 annotations = data["annotations"]
@@ -165,12 +169,24 @@ class VqaV2(_TenAnswers):
             "answer": evalai_answer(answer.text) if answer else "",
         }
 
+    def _files(self) -> list[str]:
+        """The annotation files: those given, and the JSON files in a folder given."""
+        found = []
+        for location in self.files.annotations:
+            if self.files.is_dir(location):
+                names = [n for n in self.files.listdir(location) if n.endswith(".json")]
+                found += [join(location, n) for n in names]
+            else:
+                found.append(location)
+        return found
+
 
 class VizWiz(_TenAnswers):
     name = "vizwiz"
     title = "VizWiz"
     headline = "VQA accuracy (%)"
     test_split = "test"
+    accuracy = staticmethod(vizwiz_accuracy)  # VizWiz's API: the human answers as they are
 
     def _truth_read(self) -> dict[Any, dict[str, Any]]:
         """VizWiz's annotations are keyed by image; a question file's ids (LLaVA's numbering: the
