@@ -28,6 +28,7 @@ from stf_model import (
     preset_config,
 )
 from stf_model.generation import ChatGenerator
+from stf_model.lora import check_base, load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,23 @@ def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
 
 def load_generator(options: InferenceModel, storage: StorageOptions) -> ChatGenerator:
     """A model directory loaded onto its device, safetensors only, wrapped for batched chat
-    generation (serve and infer)."""
+    generation (serve and infer); with ``options.adapter``, its LoRA adapter merged in, after
+    checking that the adapter was trained from this directory."""
     local = model_dir(options.path, storage)
+    adapter = None
+    if options.adapter is not None:
+        adapter = local_copy(options.adapter, storage, ("*.json", "*.safetensors"))
+        check_base(adapter, local, options.path)
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     model, processor = load_model_dir(local, dtype=dtype)
-    log.info("loaded %s on %s as %s", options.path, device, dtype)
+    if adapter is not None:
+        model = load_adapter(model, adapter)
+    log.info(
+        "loaded %s%s on %s as %s",
+        options.path,
+        f" + {options.adapter}" if adapter else "",
+        device,
+        dtype,
+    )
     return ChatGenerator(model.to(device), processor)

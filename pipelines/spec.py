@@ -111,6 +111,11 @@ class InferenceModel(JobSpec):
     """Which model to run, and on what."""
 
     path: Location = Field(description="exported model directory (stf train's RUN/model), or s3://")
+    adapter: Location | None = Field(
+        None,
+        description="a LoRA adapter folder (stf train's RUN/adapter) to apply to path, the model "
+        "it was trained from (merged on load)",
+    )
     dtype: Dtype = Field(
         "auto", description="weights dtype; auto = bfloat16 on a GPU that supports it, else float32"
     )

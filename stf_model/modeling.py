@@ -154,10 +154,11 @@ class STFForConditionalGeneration(LlavaForConditionalGeneration):
         tower, projector = self.model.vision_tower, self.model.multi_modal_projector
         return [*tower.parameters(), *projector.parameters()]
 
-    def unused_tower_modules(self) -> list[torch.nn.Module]:
+    def unused_tower_modules(self, tower: torch.nn.Module | None = None) -> list[torch.nn.Module]:
         """The tower's modules whose output never reaches the projector: the blocks after the
-        deepest selected hidden state and the final norm (CLIP and SigLIP towers alike)."""
-        tower = self.model.vision_tower
+        deepest selected hidden state and the final norm (CLIP and SigLIP towers alike).
+        ``tower``: a copy of this model's tower (default: the tower itself)."""
+        tower = self.model.vision_tower if tower is None else tower
         layers = tower.encoder.layers
         states = len(layers) + 1  # hidden state 0 is the embeddings' output
         deepest = max(i % states for i in self.config.feature_layers)

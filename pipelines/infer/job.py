@@ -169,6 +169,8 @@ def claim_output(spec: InferSpec, holds_answers: bool) -> None:
     mistyped model path, claimed nothing.)"""
     resolved = spec.resolved()
     mine = {"model": {k: resolved["model"][k] for k in ("path", "dtype")}}
+    if resolved["model"].get("adapter"):
+        mine["model"]["adapter"] = resolved["model"]["adapter"]
     mine |= {k: resolved[k] for k in ANSWER_FIELDS}
     url = join(spec.output, RUN_FILE)
     theirs = read_json(url, spec.storage)

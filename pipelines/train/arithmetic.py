@@ -74,8 +74,11 @@ def memory_estimate(
     LLM's context, capped at 2048). Parameters are counted on the meta device (no memory)."""
     with torch.device("meta"):
         model = STFForConditionalGeneration(config)
-    counts = model.set_trainable_parts(trainable_parts(spec))
-    trainable, frozen = counts["trainable"], counts["frozen"]
+    if spec.lora is None:
+        counts = model.set_trainable_parts(trainable_parts(spec))
+        trainable, frozen = counts["trainable"], counts["frozen"]
+    else:
+        trainable, frozen = lora_counts(model, spec)
     mixed = spec.deepspeed.precision != "fp32"
     whole, partitioned = STATE_BYTES[(mixed, spec.deepspeed.zero_stage)]
     states = whole * trainable + partitioned * trainable / spec.scaling.num_workers
@@ -94,6 +97,24 @@ def memory_estimate(
         activations_gb=(layers + logits) / 1e9,
         buffers_gb=min(BUCKET_ELEMENTS, trainable) * width / 1e9,
     )
+
+
+def lora_counts(model: STFForConditionalGeneration, spec: TrainSpec) -> tuple[int, int]:
+    """(trainable, frozen) parameters of a LoRA run: r x (inputs + outputs) per adapted linear
+    layer, and the parts trained in full, whose frozen originals PEFT keeps beside the copies it
+    trains. Refuses target names that match no linear layer of the LLM (naming those there are)."""
+    from stf_model.lora import lora_config
+
+    lora = spec.lora
+    lora_config(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)  # checks the names
+    full = model.set_trainable_parts([p for p in trainable_parts(spec) if p != "llm"])
+    targets = set(lora.target_modules or ())
+    adapters = sum(
+        lora.r * (m.in_features + m.out_features)
+        for name, m in model.model.language_model.named_modules()
+        if isinstance(m, torch.nn.Linear) and (not targets or name.rsplit(".", 1)[-1] in targets)
+    )
+    return full["trainable"] + adapters, full["frozen"] + full["trainable"]
 
 
 def preflight(spec: TrainSpec, config: STFConfig, seq_len: int | None = None) -> MemoryEstimate:
@@ -125,10 +146,12 @@ def preflight(spec: TrainSpec, config: STFConfig, seq_len: int | None = None) ->
 
 def flops_per_token(spec: TrainSpec, config: STFConfig) -> float:
     """Training FLOPs per LLM token: forward 2N, backward through the LLM 2N, plus 2N for weight
-    gradients when the LLM trains (the 6N rule for finetuning, 4N for pretraining)."""
+    gradients when the LLM's own weights train (the 6N rule for finetuning, 4N for pretraining
+    and LoRA, whose adapters' gradients are small)."""
     text = config.text_config
     n = 12 * text.num_hidden_layers * text.hidden_size**2 + 2 * text.vocab_size * text.hidden_size
-    return (6 if spec.stage == "finetune" else 4) * n
+    full_llm = "llm" in trainable_parts(spec) and spec.lora is None
+    return (6 if full_llm else 4) * n
 
 
 def detected_peak_tflops(spec: TrainSpec) -> float | None:

@@ -24,12 +24,12 @@ import torch
 from ray.train import Checkpoint
 
 from pipelines.models import load_model
-from pipelines.storage import join, upload_dir
+from pipelines.train.adapters import adapt, export, parameter_groups
 from pipelines.train.arithmetic import BUCKET_ELEMENTS, trainable_parts
 from pipelines.train.metrics import Meter, peak_rss_gb
 from pipelines.train.plan import TrainPlan, TrainState
 from pipelines.train.spec import TrainSpec
-from stf_model import STFForConditionalGeneration, save_model_dir
+from stf_model import STFForConditionalGeneration
 from stf_model.collate import collate, length_grouped_batches, rows_of, shuffled
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def train_loop(config: dict[str, Any]) -> None:
         state.micro_in_epoch = 0
     meter.close()
     if worker.rank == 0:
-        export(worker.engine.module, worker.tokenizer, plan)
+        export(worker.engine.module, worker.tokenizer, plan.spec)
 
 
 def setup(plan: TrainPlan) -> Worker:
@@ -88,9 +88,17 @@ def setup(plan: TrainPlan) -> Worker:
     counts = model.set_trainable_parts(parts)
     if spec.deepspeed.gradient_checkpointing:  # every part that supports it: LLM and tower
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = adapt(model, spec)
+    if spec.lora is not None:
+        counts = {"trainable": 0, "frozen": 0}
+        for param in model.parameters():
+            counts["trainable" if param.requires_grad else "frozen"] += param.numel()
     if rank == 0:
         trainable, frozen = counts["trainable"], counts["frozen"]
-        log.info("training %s: %d trainable / %d frozen", ", ".join(parts), trainable, frozen)
+        how = f" (LoRA r={spec.lora.r} on the LLM)" if spec.lora else ""
+        log.info(
+            "training %s%s: %d trainable / %d frozen", ", ".join(parts), how, trainable, frozen
+        )
     # The fused AdamW kernel (CPU and CUDA) updates ZeRO's flat fp32 partition in one pass; the
     # per-tensor loop allocates temporaries the size of the partition (3x slower on CPU here).
     optimizer = torch.optim.AdamW(
@@ -110,18 +118,6 @@ def setup(plan: TrainPlan) -> Worker:
     )
     image_only = [p for p in model.image_only_parameters() if p.requires_grad]
     return Worker(rank, device, engine, scheduler, tokenizer, image_only)
-
-
-def parameter_groups(model: STFForConditionalGeneration, spec: TrainSpec) -> list[dict]:
-    """The trainable parameters (frozen ones never enter the optimizer), the vision tower's in
-    a group of its own with its own learning rate."""
-    tower = {id(p) for p in model.model.vision_tower.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in tower], "lr": spec.lr}]
-    tower_params = [p for p in trainable if id(p) in tower]
-    if tower_params:
-        groups.append({"params": tower_params, "lr": spec.vision_tower_lr})
-    return [g for g in groups if g["params"]]
 
 
 def build_model(spec: TrainSpec) -> tuple[STFForConditionalGeneration, Any]:
@@ -251,7 +247,7 @@ def step(
     # with log_every steps shorter than that, training would wait on Ray's polling.
     if state.step % spec.checkpoint_every == 0 or state.step == plan.total_steps:
         meter.sync()
-        _report_with_checkpoint(engine, state, metrics, worker.rank)
+        _report_with_checkpoint(engine, state, metrics, worker.rank, spec.lora is not None)
 
 
 def _all_ranks_have(flag: bool, device: torch.device) -> bool:
@@ -265,20 +261,16 @@ def _all_ranks_have(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def _report_with_checkpoint(engine, state: TrainState, metrics: dict | None, rank: int) -> None:
+def _report_with_checkpoint(
+    engine, state: TrainState, metrics: dict | None, rank: int, trainable_only: bool
+) -> None:
+    """A checkpoint of every rank reported to Ray Train (``trainable_only``: without the frozen
+    weights, which a resumed run rebuilds from where it started: a LoRA run's base model)."""
     with tempfile.TemporaryDirectory() as folder:
-        engine.save_checkpoint(folder, tag="ds")
+        engine.save_checkpoint(folder, tag="ds", exclude_frozen_parameters=trainable_only)
         if rank == 0:
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 f.write(state.model_dump_json())
         ray.train.report(
             {**(metrics or {}), "step": state.step}, checkpoint=Checkpoint.from_directory(folder)
         )
-
-
-def export(module: torch.nn.Module, tokenizer, plan: TrainPlan) -> None:
-    """Writes the trained model as a model directory (safetensors, config, tokenizer with the
-    chat template the run started with, image processor) to ``RUN/model``."""
-    with tempfile.TemporaryDirectory() as folder:
-        save_model_dir(module, tokenizer, folder)
-        upload_dir(folder, join(plan.spec.run_dir, "model"), plan.spec.storage)

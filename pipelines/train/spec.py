@@ -18,6 +18,9 @@ from pipelines.storage import join
 
 # LLaVA-1.5's learning rates per stage (docs/design.md, section 4).
 STAGE_LR = {"pretrain": 1e-3, "finetune": 2e-5}
+# What trains per stage when ``trainable`` is not given (the paper's; stf_model.modeling has the
+# same table, which a test keeps equal: the spec imports no model code).
+STAGE_PARTS = {"pretrain": ("projector",), "finetune": ("projector", "llm")}
 
 
 class ScalingOptions(JobSpec):
@@ -58,6 +61,22 @@ class OptimizerOptions(JobSpec):
     )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up share of the steps")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="after warm-up")
+
+
+class LoraOptions(JobSpec):
+    """LoRA on the language model (PEFT): the adapters train at ``lr``; MBTF + projector (and the
+    tower, when it trains) train in full at ``optimizer.lr``, as LLaVA's ``finetune_lora.sh``."""
+
+    r: PositiveInt = Field(8, description="the adapters' rank")
+    alpha: PositiveFloat = Field(16, description="the adapters' scale is alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="the LLM's linear layers to adapt, by name (default: all of them: q/k/v/o/"
+        "gate/up/down for Llama and Qwen2); never the vision tower or the LM head",
+    )
+    lr: PositiveFloat = Field(2e-4, description="the adapters' peak learning rate")
 
 
 class PreflightOptions(JobSpec):
@@ -109,6 +128,9 @@ class TrainSpec(JobSpec):
         description="rows each worker shuffles through per epoch, a new order every epoch (0: "
         "shard order); a buffered row holds its uint8 pixels (336 px: 0.34 MB)",
     )
+    lora: LoraOptions | None = Field(
+        None, description="LoRA on the LLM instead of training all of it (absent: full finetune)"
+    )
     preflight: PreflightOptions = Field(default_factory=PreflightOptions)
     storage: StorageOptions = Field(default_factory=StorageOptions)
 
@@ -126,6 +148,23 @@ class TrainSpec(JobSpec):
             raise ValueError(
                 "model_overrides change a preset's shape; they cannot apply to the saved weights "
                 "of a model directory or init_from (drop model_overrides, or start from a preset)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lora_adapts_a_trained_llm(self) -> TrainSpec:
+        if self.lora is None:
+            return self
+        parts = self.trainable if self.trainable is not None else STAGE_PARTS[self.stage]
+        if "llm" not in parts:
+            raise ValueError(
+                f"lora adapts the LLM, which this run does not train (stage {self.stage}, "
+                f"trainable {list(parts)}): drop lora, or train the llm"
+            )
+        if self.start_from in PRESET_NAMES:
+            raise ValueError(
+                f"lora adapts a model directory (model or init_from), not the preset "
+                f"{self.start_from!r}: its adapter must name the weights it was trained on"
             )
         return self
 

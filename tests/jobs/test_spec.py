@@ -164,3 +164,12 @@ def test_a_model_directory_that_is_not_ours_is_named_as_such(tmp_path):
     save_llama(tmp_path / "llama")
     with pytest.raises(InputError, match="not a LLaVA-STF model directory.*'llama'"):
         load_config(str(tmp_path / "llama"), StorageOptions())
+
+
+def test_the_train_spec_knows_what_each_stage_trains_as_the_library_does():
+    """The spec names each stage's parts without importing the model library (it checks lora
+    against them); the library is the reference."""
+    from pipelines.train.spec import STAGE_PARTS
+    from stf_model.modeling import STAGE_PARTS as LIBRARY
+
+    assert STAGE_PARTS == LIBRARY

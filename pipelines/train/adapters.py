@@ -1,0 +1,74 @@
+"""LoRA in a training run (``lora:`` in the spec): the adapted model, its learning rates, and what
+the run writes at its end, ``RUN/model`` with the adapters merged in and ``RUN/adapter`` in PEFT's
+format. Without ``lora`` each function leaves the full-finetune path as it is."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import torch
+
+from pipelines.models import model_dir
+from pipelines.storage import join, upload_dir
+from pipelines.train.arithmetic import trainable_parts
+from pipelines.train.spec import TrainSpec
+from stf_model import STFForConditionalGeneration, save_model_dir
+from stf_model.lora import add_lora, lora_config, merged, save_adapter
+
+# The parts that train in full beside the adapters, by their module names (PEFT's
+# modules_to_save: PEFT trains a copy of each and saves it with the adapter).
+FULL_MODULES = {"projector": "multi_modal_projector", "vision_tower": "vision_tower"}
+
+
+def adapt(model: STFForConditionalGeneration, spec: TrainSpec) -> Any:
+    """The model to train: itself, or with ``spec.lora`` LoRA on the LLM (a ``PeftModel``)."""
+    if spec.lora is None:
+        return model
+    full = [FULL_MODULES[p] for p in trainable_parts(spec) if p in FULL_MODULES]
+    lora = spec.lora
+    config = lora_config(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, full)
+    # PEFT draws the adapters' A matrices from torch's global generator, which a worker process
+    # does not seed: from the run's seed, so that a run and its re-run start alike.
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        adapted = add_lora(model, config)
+    for name, module in adapted.named_modules():
+        # PEFT trains its copy of the tower whole; as without LoRA, the blocks whose output
+        # never reaches the projector stay frozen (they would get no gradient).
+        if name.endswith("vision_tower.modules_to_save.default"):
+            for unused in model.unused_tower_modules(module):
+                unused.requires_grad_(False)
+    return adapted
+
+
+def parameter_groups(model: Any, spec: TrainSpec) -> list[dict]:
+    """The trainable parameters by learning rate: the adapters at ``lora.lr``, the vision tower
+    at ``vision_tower_lr``, the rest (MBTF + projector, the LLM in a full finetune) at ``lr``.
+    Frozen parameters never enter the optimizer."""
+    base = model.get_base_model() if spec.lora is not None else model  # PEFT's wrapper: inside
+    tower = {id(p) for p in base.model.vision_tower.parameters()}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    adapters = [p for n, p in named if "lora_" in n]
+    in_tower = [p for n, p in named if id(p) in tower and "lora_" not in n]
+    rest = [p for n, p in named if id(p) not in tower and "lora_" not in n]
+    groups = [
+        {"params": rest, "lr": spec.lr},
+        {"params": in_tower, "lr": spec.vision_tower_lr},
+        {"params": adapters, "lr": spec.lora.lr if spec.lora else spec.lr},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def export(module: torch.nn.Module, tokenizer, spec: TrainSpec) -> None:
+    """Writes ``RUN/model`` (a model directory; LoRA merged in) and, for a LoRA run,
+    ``RUN/adapter`` (PEFT's adapter with the full modules and the base's fingerprint)."""
+    if spec.lora is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            base = model_dir(spec.start_from, spec.storage)
+            save_adapter(module, folder, base, spec.start_from)
+            upload_dir(folder, join(spec.run_dir, "adapter"), spec.storage)
+        module = merged(module)
+    with tempfile.TemporaryDirectory() as folder:
+        save_model_dir(module, tokenizer, folder)
+        upload_dir(folder, join(spec.run_dir, "model"), spec.storage)
