@@ -34,7 +34,7 @@ from pipelines.shards import read_manifest, shard_urls
 from pipelines.synth import write_corpus
 from pipelines.train import TrainSpec
 from pipelines.train.driver import run as train
-from pipelines.train.loop import build_model
+from pipelines.train.model import build_model
 from stf_model.collate import collate, length_grouped_batches
 
 

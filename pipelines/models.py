@@ -84,15 +84,20 @@ def load_model(
     overrides: dict[str, Any] | None = None,
     seed: int = 0,
     dtype: torch.dtype | None = None,
+    quantization: Any = None,
+    device: torch.device | None = None,
 ) -> tuple[STFForConditionalGeneration, PreTrainedTokenizerBase]:
     """Model and tokenizer: ``tiny`` with random weights from ``seed`` (and ``overrides``), or a
-    directory's safetensors; in ``dtype`` (default: as saved, fp32 for ``tiny``)."""
+    directory's safetensors; in ``dtype`` (default: as saved, fp32 for ``tiny``). A directory's
+    weights may load quantized (``quantization``: transformers' config), then onto ``device``."""
     if ref in PRESETS:
         _tiny_only(ref)
         model, tokenizer = build_tiny(seed=seed, **(overrides or {}))
         return (model.to(dtype) if dtype is not None else model), tokenizer
     local = model_dir(ref, storage)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if quantization is not None:  # bitsandbytes quantizes as it places the weights
+        kwargs.update(quantization_config=quantization, device_map={"": device or "cpu"})
     model = STFForConditionalGeneration.from_pretrained(local, use_safetensors=True, **kwargs)
     return model, AutoTokenizer.from_pretrained(local)
 

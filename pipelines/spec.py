@@ -9,6 +9,7 @@ file. The field types and option blocks that several jobs share live here too.
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -193,6 +194,10 @@ def format_validation_error(source: str, cls: type[BaseModel], err: ValidationEr
     return f"{source}: invalid {cls.__name__}: " + "; ".join(problems) + "."
 
 
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def spec_reference(cls: type[BaseModel], indent: int = 0) -> str:
     """A commented YAML skeleton of a spec, generated from its fields (so it cannot drift):
     each key with its description, its default, or ``# required``."""
@@ -200,12 +205,17 @@ def spec_reference(cls: type[BaseModel], indent: int = 0) -> str:
     lines = []
     for name, field in cls.model_fields.items():
         annotation = field.annotation
-        nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        nested = _is_model(annotation)
+        optional = [a for a in typing.get_args(annotation) if _is_model(a)]
         if field.description:
             lines.append(f"{pad}# {field.description}")
         if nested:
             lines.append(f"{pad}{name}:")
             lines.append(spec_reference(annotation, indent + 2))
+        elif optional and field.default is None:  # an optional block: its keys, commented out
+            lines.append(f"{pad}# {name}:")
+            block = spec_reference(optional[0], 2).splitlines()
+            lines.extend(f"{pad}# {line}" for line in block)
         elif field.is_required():
             lines.append(f"{pad}{name}:  # required")
         else:

@@ -6,7 +6,8 @@ the parts that train in full beside it (MBTF + projector, and the tower when it 
 ``modules_to_save``, so PEFT saves them with the adapter. :func:`merged` folds the adapters into
 the weights (W + alpha/r * B @ A). An adapter folder is PEFT's own (``adapter_config.json``,
 ``adapter_model.safetensors``) plus ``stf_base.json``, a fingerprint of the model it adapts, which
-:func:`load_adapter` checks before loading any weight.
+:func:`load_adapter` checks before loading any weight. For QLoRA, :func:`quantization_config` has
+transformers load the LLM's linear layers in 4 bits through bitsandbytes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from stf_model.errors import ModelInputError
 from stf_model.modeling import STFForConditionalGeneration
 
 BASE_FILE = "stf_base.json"
+# What QLoRA leaves in full precision, as transformers matches module names (by prefix): all
+# but the language model's linear layers.
+NOT_QUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+# Bytes per parameter of a 4-bit layer: half a byte, an 8-bit scale per 64 weights and, with
+# double quantization, an fp32 scale per 256 of those (QLoRA's paper, section 3).
+QUANTIZED_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 # Bytes of each safetensors file's tensor data read into the fingerprint, at each end.
 SAMPLED_BYTES = 1 << 16
 
@@ -67,6 +74,26 @@ def lora_config(
         lora_dropout=dropout,
         target_modules=pattern,
         modules_to_save=list(full),
+    )
+
+
+def quantization_config(kind: str, dtype: torch.dtype):
+    """transformers' bitsandbytes config for QLoRA: the language model's linear layers stored in
+    4 bits (``kind``: ``nf4`` or ``fp4``, double-quantized) and computed in ``dtype``; the tower,
+    MBTF + projector and the LM head stay in ``dtype``."""
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelInputError("lora.quantize needs bitsandbytes: pip install 'bitsandbytes>=0.50'")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=kind,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=torch.uint8,
+        llm_int8_skip_modules=NOT_QUANTIZED,
     )
 
 

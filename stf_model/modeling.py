@@ -27,6 +27,17 @@ Stage = Literal["pretrain", "finetune"]
 Part = Literal["projector", "llm", "vision_tower"]
 
 
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """``{"trainable", "frozen"}`` parameters of ``model``; a 4-bit weight (bitsandbytes) counts
+    by its shape, not by the bytes that pack it."""
+    counts = {"trainable": 0, "frozen": 0}
+    for param in model.parameters():
+        quant_state = getattr(param, "quant_state", None)
+        count = quant_state.shape.numel() if quant_state is not None else param.numel()
+        counts["trainable" if param.requires_grad else "frozen"] += count
+    return counts
+
+
 class STFModel(LlavaModel):
     """LlavaModel whose projector fuses blocks and spatial windows; accepts uint8 pixels."""
 
@@ -137,9 +148,7 @@ class STFForConditionalGeneration(LlavaForConditionalGeneration):
         if "vision_tower" in parts:
             for module in self.unused_tower_modules():
                 module.requires_grad_(False)
-        counts = {"trainable": 0, "frozen": 0}
-        for param in self.parameters():
-            counts["trainable" if param.requires_grad else "frozen"] += param.numel()
+        counts = parameter_counts(self)
         logger.info(
             "training %s: %d trainable, %d frozen parameters",
             ", ".join(sorted(parts)) or "nothing",

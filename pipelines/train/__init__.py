@@ -21,7 +21,7 @@ def __getattr__(name: str):
 
         return run
     if name == "build_model":
-        from pipelines.train.loop import build_model
+        from pipelines.train.model import build_model
 
         return build_model
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from pipelines.errors import InputError
 from pipelines.train.spec import TrainSpec
 from stf_model import STFConfig, STFForConditionalGeneration
+from stf_model.lora import QUANTIZED_BYTES, lora_config
 from stf_model.modeling import STAGE_PARTS
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def memory_estimate(
     where the ZeRO paper's count is 16. Activations: the layer inputs that gradient
     checkpointing keeps (Megatron: ~34 values per token per hidden unit per layer without it)
     and the logits over the vocabulary, for micro-batches of ``seq_len`` tokens (default: the
-    LLM's context, capped at 2048). Parameters are counted on the meta device (no memory)."""
+    LLM's context, capped at 2048). QLoRA's frozen linear layers take :data:`QUANTIZED_BYTES`
+    per weight. Parameters are counted on the meta device (no memory)."""
     with torch.device("meta"):
         model = STFForConditionalGeneration(config)
     if spec.lora is None:
@@ -89,11 +91,19 @@ def memory_estimate(
     factor = 1 if spec.deepspeed.gradient_checkpointing else 17
     layers = tokens * text.hidden_size * width * factor * text.num_hidden_layers
     logits = 3 * tokens * text.vocab_size * 4  # fp32 logits, their softmax and its gradient
+    frozen_bytes = width * frozen
+    if spec.lora is not None and spec.lora.quantize is not None:  # QLoRA's 4-bit linear layers
+        quantized = sum(
+            m.weight.numel()
+            for m in model.model.language_model.modules()
+            if isinstance(m, torch.nn.Linear)
+        )
+        frozen_bytes -= (width - QUANTIZED_BYTES) * quantized
     return MemoryEstimate(
         trainable_params=trainable,
         frozen_params=frozen,
         model_states_gb=states / 1e9,
-        frozen_weights_gb=width * frozen / 1e9,
+        frozen_weights_gb=frozen_bytes / 1e9,
         activations_gb=(layers + logits) / 1e9,
         buffers_gb=min(BUCKET_ELEMENTS, trainable) * width / 1e9,
     )
@@ -103,8 +113,6 @@ def lora_counts(model: STFForConditionalGeneration, spec: TrainSpec) -> tuple[in
     """(trainable, frozen) parameters of a LoRA run: r x (inputs + outputs) per adapted linear
     layer, and the parts trained in full, whose frozen originals PEFT keeps beside the copies it
     trains. Refuses target names that match no linear layer of the LLM (naming those there are)."""
-    from stf_model.lora import lora_config
-
     lora = spec.lora
     lora_config(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)  # checks the names
     full = model.set_trainable_parts([p for p in trainable_parts(spec) if p != "llm"])

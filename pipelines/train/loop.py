@@ -23,14 +23,12 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
-from pipelines.models import load_model
-from pipelines.train.adapters import adapt, export, parameter_groups
 from pipelines.train.arithmetic import BUCKET_ELEMENTS, trainable_parts
 from pipelines.train.metrics import Meter, peak_rss_gb
+from pipelines.train.model import adapt, build_model, export, parameter_groups
 from pipelines.train.plan import TrainPlan, TrainState
-from pipelines.train.spec import TrainSpec
-from stf_model import STFForConditionalGeneration
 from stf_model.collate import collate, length_grouped_batches, rows_of, shuffled
+from stf_model.modeling import parameter_counts
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
@@ -83,19 +81,21 @@ def setup(plan: TrainPlan) -> Worker:
         with contextlib.suppress(AttributeError, KeyError, TypeError):
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     random.seed(spec.seed + rank)
-    model, tokenizer = build_model(spec)
+    model, tokenizer = build_model(spec, device)
     parts = trainable_parts(spec)
-    counts = model.set_trainable_parts(parts)
+    # With LoRA the LLM trains through its adapters (a 4-bit weight cannot even take a gradient).
+    counts = model.set_trainable_parts([p for p in parts if spec.lora is None or p != "llm"])
     if spec.deepspeed.gradient_checkpointing:  # every part that supports it: LLM and tower
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = adapt(model, spec)
     if spec.lora is not None:
-        counts = {"trainable": 0, "frozen": 0}
-        for param in model.parameters():
-            counts["trainable" if param.requires_grad else "frozen"] += param.numel()
+        counts = parameter_counts(model)
     if rank == 0:
         trainable, frozen = counts["trainable"], counts["frozen"]
-        how = f" (LoRA r={spec.lora.r} on the LLM)" if spec.lora else ""
+        how = ""
+        if spec.lora is not None:
+            bits = f", its linear layers in {spec.lora.quantize}" if spec.lora.quantize else ""
+            how = f" (LoRA r={spec.lora.r} on the LLM{bits})"
         log.info(
             "training %s%s: %d trainable / %d frozen", ", ".join(parts), how, trainable, frozen
         )
@@ -110,29 +110,15 @@ def setup(plan: TrainPlan) -> Worker:
         fused=True,
     )
     scheduler = _schedule(optimizer, plan)
+    quantized = spec.lora is not None and spec.lora.quantize is not None
     engine, _, _, _ = deepspeed.initialize(
-        model=model.to(device),
+        model=model if quantized else model.to(device),  # a quantized model loads on its device
         optimizer=optimizer,
         lr_scheduler=scheduler,
         config=deepspeed_config(plan),
     )
     image_only = [p for p in model.image_only_parameters() if p.requires_grad]
     return Worker(rank, device, engine, scheduler, tokenizer, image_only)
-
-
-def build_model(spec: TrainSpec) -> tuple[STFForConditionalGeneration, Any]:
-    """The model and tokenizer a run starts from: ``init_from``, else the model directory, else
-    the ``tiny`` preset with random weights from ``seed`` (and ``model_overrides``). Weights load
-    in the training precision (bf16 stays bf16: no fp32 copy per worker); DeepSpeed keeps the
-    fp32 master copy of the trainable part only."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.deepspeed.precision)
-    return load_model(
-        spec.start_from,
-        spec.storage,
-        overrides=spec.model_overrides,
-        seed=spec.seed,
-        dtype=dtype or torch.float32,
-    )
 
 
 def deepspeed_config(plan: TrainPlan) -> dict[str, Any]:

@@ -77,6 +77,12 @@ class LoraOptions(JobSpec):
         "gate/up/down for Llama and Qwen2); never the vision tower or the LM head",
     )
     lr: PositiveFloat = Field(2e-4, description="the adapters' peak learning rate")
+    quantize: Literal["nf4", "fp4"] | None = Field(
+        None,
+        description="QLoRA: hold the LLM's linear layers in 4 bits (bitsandbytes, double-"
+        "quantized; nf4 as the QLoRA paper) under the adapters; NAME/model merges the adapters "
+        "into the starting model's full-precision weights",
+    )
 
 
 class PreflightOptions(JobSpec):

@@ -105,6 +105,19 @@ def test_reference_lists_every_key(capsys):
     assert "max_error_rate: 0.05" in capsys.readouterr().out
 
 
+def test_reference_shows_an_optional_block_commented_out_with_every_key():
+    import yaml
+
+    from pipelines.train.spec import LoraOptions, TrainSpec
+
+    reference = spec_reference(TrainSpec)
+    block = reference.split("\n# lora:\n", 1)[1].split("\npreflight:", 1)[0]
+    uncommented = yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))
+    assert set(uncommented) == set(LoraOptions.model_fields)
+    assert LoraOptions.model_validate(uncommented) == LoraOptions()
+    assert yaml.safe_load(reference)["preflight"]["enforce"] is True  # still YAML, lora absent
+
+
 def test_the_spec_layer_knows_the_library_presets():
     from pipelines.spec import PRESET_NAMES
     from stf_model import PRESETS

@@ -24,7 +24,7 @@ from pipelines.preprocess.job import run as preprocess
 from pipelines.synth import write_corpus
 from pipelines.train import TrainSpec
 from pipelines.train.driver import run
-from pipelines.train.loop import build_model
+from pipelines.train.model import build_model
 from stf_model import STFForConditionalGeneration, load_model_dir
 from stf_model.collate import collate
 

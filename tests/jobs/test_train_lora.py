@@ -6,6 +6,7 @@ after a killed worker (bit for bit), and the refusals."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -110,13 +111,12 @@ def test_the_merged_model_is_the_base_plus_alpha_over_r_b_a(base, lora_run):
     assert len(moved) == len([n for n in before if "multi_modal_projector" in n])  # trained in full
 
 
-def test_peft_reads_the_adapter_over_the_start_model_and_gives_the_merged_logits(base, lora_run):
+def _logits_of_adapter_and_merged(base, spec, merged):
+    """Logits of PEFT's model (the adapter over the start) and of the merged model, one prompt."""
     from peft import PeftModel
 
-    spec, summary = lora_run
-    start, _ = load_model_dir(base[1])
+    start, _ = load_model_dir(base[1], dtype=merged.dtype)
     adapted = PeftModel.from_pretrained(start, os.path.join(spec.run_dir, "adapter")).eval()
-    merged, _ = load_model_dir(summary.model)
     ids = torch.tensor([[1, 7, 9, 11, 13]])
     pixels = torch.randint(0, 256, (1, 3, 48, 48), dtype=torch.uint8)
     ids = torch.cat(
@@ -128,12 +128,17 @@ def test_peft_reads_the_adapter_over_the_start_model_and_gives_the_merged_logits
         1,
     )
     with torch.no_grad():
-        torch.testing.assert_close(
-            adapted(input_ids=ids, pixel_values=pixels).logits,
-            merged.eval()(input_ids=ids, pixel_values=pixels).logits,
-            rtol=1e-4,
-            atol=1e-4,
+        return (
+            adapted(input_ids=ids, pixel_values=pixels).logits.float(),
+            merged.eval()(input_ids=ids, pixel_values=pixels).logits.float(),
         )
+
+
+def test_peft_reads_the_adapter_over_the_start_model_and_gives_the_merged_logits(base, lora_run):
+    spec, summary = lora_run
+    merged, _ = load_model_dir(summary.model)
+    peft_logits, merged_logits = _logits_of_adapter_and_merged(base, spec, merged)
+    torch.testing.assert_close(peft_logits, merged_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_checkpoints_hold_only_the_trainable_state(lora_run):
@@ -183,9 +188,8 @@ def test_an_adapter_is_refused_over_another_base(lora_run, tmp_path):
 
 def test_the_estimate_counts_what_peft_trains(base, lora_run):
     from pipelines.models import load_config
-    from pipelines.train.adapters import adapt
     from pipelines.train.arithmetic import memory_estimate
-    from pipelines.train.loop import build_model
+    from pipelines.train.model import adapt, build_model
 
     spec, _ = lora_run
     estimate = memory_estimate(spec, load_config(base[1], spec.storage))
@@ -199,6 +203,102 @@ def test_the_estimate_counts_what_peft_trains(base, lora_run):
         spec.model_copy(update={"lora": None}), load_config(base[1], spec.storage)
     )
     assert estimate.model_states_gb < full.model_states_gb
+
+
+@pytest.fixture(scope="module")
+def qlora_run(base, tmp_path_factory):
+    """QLoRA (the LLM's linear layers in nf4) in bf16, otherwise as ``lora_run``: (spec, summary)."""
+    data, model = base
+    spec = lora_spec(
+        tmp_path_factory.mktemp("qlora-run"),
+        "qadapt",
+        data,
+        init_from=model,
+        lora={"r": R, "alpha": ALPHA, "quantize": "nf4"},
+        deepspeed={
+            "zero_stage": 2,
+            "precision": "bf16",
+            "micro_batch_size": 4,
+            "gradient_accumulation": 2,
+            "gradient_checkpointing": True,
+        },
+    )
+    return spec, run(spec)
+
+
+def test_qlora_holds_every_llm_linear_layer_in_4_bits_and_nothing_else(base, qlora_run):
+    from bitsandbytes.nn import Linear4bit
+
+    from pipelines.train.model import build_model
+
+    spec, _ = qlora_run
+    model, _ = build_model(spec)
+    quantized = {n for n, m in model.named_modules() if isinstance(m, Linear4bit)}
+    llm_linear = {
+        f"model.language_model.{n}"
+        for n, m in model.model.language_model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
+    assert quantized == llm_linear and quantized
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in model.model.multi_modal_projector.parameters())
+
+
+def test_qlora_merges_its_adapters_into_the_full_precision_start(base, qlora_run):
+    spec, summary = qlora_run
+    start, _ = load_model_dir(base[1])
+    merged, _ = load_model_dir(summary.model)
+    adapter = load_file(os.path.join(spec.run_dir, "adapter", "adapter_model.safetensors"))
+    before, after = dict(start.named_parameters()), dict(merged.named_parameters())
+    layers = 0
+    for key, a in adapter.items():
+        if ".lora_A." not in key:
+            continue
+        layer = key.split("base_model.model.", 1)[1].split(".lora_A.")[0]
+        b = adapter[key.replace(".lora_A.", ".lora_B.")]
+        assert (b != 0).any()
+        expected = before[f"{layer}.weight"] + (ALPHA / R) * (b.float() @ a.float())
+        # bf16 rounding, far below nf4's error: the 4-bit weights were not what got merged
+        torch.testing.assert_close(after[f"{layer}.weight"].float(), expected, rtol=8e-3, atol=2e-5)
+        layers += 1
+    assert layers == 7 * start.config.text_config.num_hidden_layers
+    peft_logits, merged_logits = _logits_of_adapter_and_merged(base, spec, merged)
+    torch.testing.assert_close(peft_logits, merged_logits, rtol=0.05, atol=0.05)
+
+
+def test_a_qlora_checkpoint_holds_no_base_weight(qlora_run):
+    spec, summary = qlora_run
+    state = torch.load(
+        os.path.join(summary.checkpoint, "ds", "mp_rank_00_model_states.pt"), weights_only=False
+    )
+    # beside the trained state, bitsandbytes' quantization constants (absmax, quant_map, ...)
+    constants = re.compile(
+        r"\.weight\.(absmax|quant_map|nested_absmax|nested_quant_map|quant_state\..*)$"
+    )
+    assert all(
+        ".lora_" in k or "modules_to_save" in k or constants.search(k) for k in state["module"]
+    )
+    assert not any(k.endswith("base_layer.weight") for k in state["module"])
+
+
+def test_the_qlora_estimate_counts_its_weights_in_4_bits(base, qlora_run):
+    from pipelines.models import load_config
+    from pipelines.train.arithmetic import memory_estimate
+    from stf_model.lora import QUANTIZED_BYTES
+
+    spec, _ = qlora_run
+    config = load_config(base[1], spec.storage)
+    qlora = memory_estimate(spec, config)
+    lora = memory_estimate(
+        spec.model_copy(update={"lora": spec.lora.model_copy(update={"quantize": None})}), config
+    )
+    start, _ = load_model_dir(base[1])
+    language = start.model.language_model
+    linear = sum(m.weight.numel() for m in language.modules() if isinstance(m, torch.nn.Linear))
+    assert qlora.trainable_params == lora.trainable_params
+    assert lora.frozen_weights_gb - qlora.frozen_weights_gb == pytest.approx(
+        (2 - QUANTIZED_BYTES) * linear / 1e9
+    )
 
 
 @pytest.mark.parametrize(
@@ -236,13 +336,15 @@ def test_a_target_name_the_llm_lacks_is_refused_naming_those_it_has(base):
         memory_estimate(spec, load_config(base[1], spec.storage))
 
 
-@pytest.mark.slow  # ~2 min on 2 cores: two runs and a killed worker (`make test-slow`, and CI)
+@pytest.mark.slow  # ~2 min each on 2 cores: two runs and a killed worker (`make test-slow`, CI)
+@pytest.mark.parametrize("quantize", [None, "nf4"], ids=["lora", "qlora"])
 def test_lora_with_the_tower_in_bf16_zero1_resumes_bit_exactly_after_a_killed_worker(
-    ray_local, base, tmp_path
+    ray_local, base, tmp_path, quantize
 ):
     data, model = base
     common = dict(
         init_from=model,
+        lora={"r": R, "alpha": ALPHA, "quantize": quantize},
         max_steps=8,
         checkpoint_every=4,
         max_failures=2,

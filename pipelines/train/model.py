@@ -1,6 +1,7 @@
-"""LoRA in a training run (``lora:`` in the spec): the adapted model, its learning rates, and what
-the run writes at its end, ``RUN/model`` with the adapters merged in and ``RUN/adapter`` in PEFT's
-format. Without ``lora`` each function leaves the full-finetune path as it is."""
+"""The model a training run trains: built from the spec (for QLoRA with the LLM in 4 bits),
+adapted with LoRA (``lora:`` in the spec), its learning rates, and what the run writes at its end,
+``RUN/model`` (the adapters merged in) and ``RUN/adapter`` in PEFT's format. Without ``lora``
+each function leaves the full-finetune path as it is."""
 
 from __future__ import annotations
 
@@ -9,16 +10,45 @@ from typing import Any
 
 import torch
 
-from pipelines.models import model_dir
+from pipelines.models import load_model, model_dir
 from pipelines.storage import join, upload_dir
 from pipelines.train.arithmetic import trainable_parts
 from pipelines.train.spec import TrainSpec
 from stf_model import STFForConditionalGeneration, save_model_dir
-from stf_model.lora import add_lora, lora_config, merged, save_adapter
+from stf_model.lora import (
+    add_lora,
+    load_adapter,
+    lora_config,
+    merged,
+    quantization_config,
+    save_adapter,
+)
 
 # The parts that train in full beside the adapters, by their module names (PEFT's
 # modules_to_save: PEFT trains a copy of each and saves it with the adapter).
 FULL_MODULES = {"projector": "multi_modal_projector", "vision_tower": "vision_tower"}
+
+
+def build_model(
+    spec: TrainSpec, device: torch.device | None = None, quantize: bool = True
+) -> tuple[STFForConditionalGeneration, Any]:
+    """The model and tokenizer a run starts from: ``init_from``, else the model directory, else
+    the ``tiny`` preset with random weights from ``seed`` (and ``model_overrides``). Weights load
+    in the training precision (bf16 stays bf16: no fp32 copy per worker); DeepSpeed keeps the
+    fp32 master copy of the trainable part only. With ``lora.quantize`` (and ``quantize``) the
+    LLM's linear layers load in 4 bits onto ``device``."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.deepspeed.precision)
+    dtype = dtype or torch.float32
+    kind = spec.lora.quantize if spec.lora is not None and quantize else None
+    return load_model(
+        spec.start_from,
+        spec.storage,
+        overrides=spec.model_overrides,
+        seed=spec.seed,
+        dtype=dtype,
+        quantization=quantization_config(kind, dtype) if kind else None,
+        device=device,
+    )
 
 
 def adapt(model: STFForConditionalGeneration, spec: TrainSpec) -> Any:
@@ -68,7 +98,10 @@ def export(module: torch.nn.Module, tokenizer, spec: TrainSpec) -> None:
             base = model_dir(spec.start_from, spec.storage)
             save_adapter(module, folder, base, spec.start_from)
             upload_dir(folder, join(spec.run_dir, "adapter"), spec.storage)
-        module = merged(module)
+            if spec.lora.quantize is None:
+                module = merged(module)
+            else:  # QLoRA: into the starting weights, not their 4-bit approximation
+                module = load_adapter(build_model(spec, quantize=False)[0], folder)
     with tempfile.TemporaryDirectory() as folder:
         save_model_dir(module, tokenizer, folder)
         upload_dir(folder, join(spec.run_dir, "model"), spec.storage)
