@@ -2,9 +2,13 @@
 224 px + a 12-layer, 1024-wide LLaMA-shaped LLM) finetuned with ZeRO-2, gradient checkpointing and
 bf16, one Ray Train worker vs a plain PyTorch loop with the same threads (bf16 autocast, the same
 checkpointing); then the worker's measured peak memory vs the pre-flight estimate, the checkpoint's
-size on disk, and how much longer a run takes when it resumes from that checkpoint.
+size on disk, and how much longer a run takes when it resumes from that checkpoint. Then the
+same finetune with LoRA (LLaVA's r 128, alpha 256 on every linear layer of the LLM) and QLoRA
+(the same over an nf4 base) beside the full one: trainable parameters, step time, peak memory
+vs the estimate, checkpoint size.
 
     python bench/train_scale.py [--steps 10] [--skip 3] [--micro 4] [--accumulation 1,4]
+                                [--variants lora,qlora]
 
 Prints a table and a JSON line; results go to docs/benchmarks.md.
 """
@@ -132,6 +136,7 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=3)
     parser.add_argument("--micro", type=int, default=4)
     parser.add_argument("--accumulation", default="1,4", help="micro-batches per step, compared")
+    parser.add_argument("--variants", default="lora,qlora", help="beside the full finetune")
     args = parser.parse_args()
 
     cores = os.cpu_count() or 1
@@ -152,7 +157,9 @@ def main() -> None:
         )
         longest = preprocess(spec_p).counts.longest + config.num_image_tokens - 1
 
-        def spec(name: str, steps: int, accumulation: int, checkpoint_every: int) -> TrainSpec:
+        def spec(
+            name: str, steps: int, accumulation: int, checkpoint_every: int, lora=None
+        ) -> TrainSpec:
             return TrainSpec(
                 name=name,
                 storage_path=f"{tmp}/runs",
@@ -172,8 +179,23 @@ def main() -> None:
                     "gradient_checkpointing": True,
                 },
                 optimizer={"lr": 1e-5},
+                lora=lora,
             )
 
+        def measured(run_spec: TrainSpec, rows: list[dict]) -> dict:
+            batch = args.micro * run_spec.deepspeed.gradient_accumulation
+            estimate = memory_estimate(run_spec, config, longest)
+            return {
+                "trainable": estimate.trainable_params,
+                "step_s": statistics.median(
+                    batch / float(r["samples_per_s"]) for r in rows[args.skip :]
+                ),
+                "peak_gb": max(float(r["memory_gb"]) for r in rows),
+                "estimate_gb": estimate.total_gb,
+                "checkpoint_gb": checkpoint_gb(run_spec.run_dir),
+            }
+
+        variants = {}
         for accumulation in (int(a) for a in args.accumulation.split(",")):
             run_spec = spec(f"scale-{accumulation}", args.steps, accumulation, args.steps)
             plain = plain_step_seconds(f"{tmp}/model", data, run_spec, args.steps, args.skip)
@@ -183,11 +205,18 @@ def main() -> None:
                 batch / float(r["samples_per_s"]) for r in rows[args.skip :]
             )
             results[accumulation] = {"plain_s": plain, "ray_s": ray_step}
+            if accumulation == 1:
+                variants["full"] = measured(run_spec, rows)
         estimate = memory_estimate(run_spec, config, longest)
         peak_gb = max(float(r["memory_gb"]) for r in rows)
         ckpt_gb = checkpoint_gb(run_spec.run_dir)
         _, fresh_s = run_rows(spec("fresh", 2, 1, 1000))
         _, resumed_s = run_rows(run_spec.model_copy(update={"max_steps": args.steps + 2}))
+        for variant in filter(None, args.variants.split(",")):
+            lora = {"r": 128, "alpha": 256, "quantize": "nf4" if variant == "qlora" else None}
+            lora_spec = spec(variant, args.steps, 1, args.steps, lora)
+            rows, _ = run_rows(lora_spec)
+            variants[variant] = measured(lora_spec, rows)
     ray.shutdown()
 
     print(
@@ -209,10 +238,23 @@ def main() -> None:
         f"checkpoint {ckpt_gb:.2f} GB; a run resuming it took {resumed_s:.1f} s for 2 steps, a "
         f"fresh run {fresh_s:.1f} s (resume overhead {resumed_s - fresh_s:+.1f} s)"
     )
+    if len(variants) > 1:
+        print(f"finetune variants (x1 accumulation, {args.steps} steps):")
+        print(
+            f"{'':8}{'trainable':>12}{'s/step':>9}{'peak GB':>9}{'estimate':>10}{'ratio':>7}"
+            f"{'checkpoint GB':>15}"
+        )
+        for name, v in variants.items():
+            print(
+                f"{name:8}{v['trainable'] / 1e6:>11.1f}M{v['step_s']:>9.2f}{v['peak_gb']:>9.2f}"
+                f"{v['estimate_gb']:>10.2f}{v['peak_gb'] / v['estimate_gb']:>7.2f}"
+                f"{v['checkpoint_gb']:>15.3f}"
+            )
     print(
         json.dumps(
             {
                 "params": params,
+                "variants": variants,
                 "steps": results,
                 "peak_gb": peak_gb,
                 "estimate": estimate.model_dump(),

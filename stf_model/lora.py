@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import struct
@@ -23,6 +24,11 @@ import torch
 
 from stf_model.errors import ModelInputError
 from stf_model.modeling import STFForConditionalGeneration
+
+# bitsandbytes' CPU backend (which PEFT imports whenever bitsandbytes is installed) warns, on
+# CPUs with AVX512-BF16, that it could not fetch an optional faster 4-bit kernel from the
+# Hugging Face Hub; the kernel it falls back to is its own. The warning is that module's only log.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 BASE_FILE = "stf_base.json"
 # What QLoRA leaves in full precision, as transformers matches module names (by prefix): all

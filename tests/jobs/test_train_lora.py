@@ -76,18 +76,22 @@ def lora_run(base, tmp_path_factory):
     return spec, run(spec)
 
 
+def adapter_pairs(spec: TrainSpec):
+    """(layer name in the model, A, B) of each adapted layer in the run's RUN/adapter."""
+    adapter = load_file(os.path.join(spec.run_dir, "adapter", "adapter_model.safetensors"))
+    for key, a in adapter.items():
+        if ".lora_A." in key:
+            layer = key.split("base_model.model.", 1)[1].split(".lora_A.")[0]
+            yield layer, a, adapter[key.replace(".lora_A.", ".lora_B.")]
+
+
 def test_the_merged_model_is_the_base_plus_alpha_over_r_b_a(base, lora_run):
     spec, summary = lora_run
     start, _ = load_model_dir(base[1])
     merged, _ = load_model_dir(summary.model)
-    adapter = load_file(os.path.join(spec.run_dir, "adapter", "adapter_model.safetensors"))
     before, after = dict(start.named_parameters()), dict(merged.named_parameters())
     adapted = set()
-    for key, a in adapter.items():
-        if ".lora_A." not in key:
-            continue
-        layer = key.split("base_model.model.", 1)[1].split(".lora_A.")[0]
-        b = adapter[key.replace(".lora_A.", ".lora_B.")]
+    for layer, a, b in adapter_pairs(spec):
         expected = before[f"{layer}.weight"] + (ALPHA / R) * (b @ a)
         torch.testing.assert_close(after[f"{layer}.weight"], expected, rtol=1e-5, atol=1e-6)
         assert (b != 0).any()  # trained: B starts at zero
@@ -248,14 +252,9 @@ def test_qlora_merges_its_adapters_into_the_full_precision_start(base, qlora_run
     spec, summary = qlora_run
     start, _ = load_model_dir(base[1])
     merged, _ = load_model_dir(summary.model)
-    adapter = load_file(os.path.join(spec.run_dir, "adapter", "adapter_model.safetensors"))
     before, after = dict(start.named_parameters()), dict(merged.named_parameters())
     layers = 0
-    for key, a in adapter.items():
-        if ".lora_A." not in key:
-            continue
-        layer = key.split("base_model.model.", 1)[1].split(".lora_A.")[0]
-        b = adapter[key.replace(".lora_A.", ".lora_B.")]
+    for layer, a, b in adapter_pairs(spec):
         assert (b != 0).any()
         expected = before[f"{layer}.weight"] + (ALPHA / R) * (b.float() @ a.float())
         # bf16 rounding, far below nf4's error: the 4-bit weights were not what got merged
