@@ -15,6 +15,7 @@ import os
 import posixpath
 import shutil
 import uuid
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import fsspec
@@ -168,6 +169,36 @@ def write_json_atomic(url: str, payload: Any, storage: StorageOptions) -> None:
 def write_text(url: str, text: str, storage: StorageOptions) -> None:
     """Writes a small text file (parent folders created); one PUT on S3."""
     write_bytes(url, text.encode(), storage)
+
+
+def write_lines(url: str, lines: Iterable[str], storage: StorageOptions) -> None:
+    """Writes ``lines`` (each ending in its own newline) as they come, so that a file of a
+    million lines never sits whole in memory; readers see the old file or the new one: a local
+    file is written aside and renamed over, an S3 object appears when its multipart upload
+    completes (and an upload that fails part way is aborted, never completed)."""
+    fs = filesystem(url, storage)
+    path = fs_path(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    if is_s3(url):
+        f = fs.open(path, "wb")
+        try:
+            for line in lines:
+                f.write(line.encode())
+        except BaseException:
+            f.discard()  # aborts the multipart upload: nothing appears
+            f.closed = True  # so that closing it later does not complete it
+            raise
+        f.close()
+        fs.invalidate_cache(posixpath.dirname(path))
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 def write_bytes(url: str, data: bytes, storage: StorageOptions) -> None:

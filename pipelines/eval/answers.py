@@ -12,7 +12,7 @@ from pipelines.errors import InputError
 from pipelines.eval.benchmarks.base import Answer
 from pipelines.eval.files import Files
 from pipelines.spec import StorageOptions
-from pipelines.storage import write_text
+from pipelines.storage import write_lines
 
 
 def read_answers(url: str, files: Files) -> list[Answer]:
@@ -31,7 +31,7 @@ def read_answers(url: str, files: Files) -> list[Answer]:
 
 
 def write_answers(url: str, lines: list[dict[str, Any]], storage: StorageOptions) -> None:
-    write_text(url, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), storage)
+    write_lines(url, (json.dumps(line, ensure_ascii=False) + "\n" for line in lines), storage)
 
 
 def as_answers(lines: list[dict[str, Any]]) -> list[Answer]:

@@ -69,7 +69,9 @@ def _generate(spec: EvalSpec, benchmark: Benchmark) -> tuple[list[Question], lis
     _check_images(questions, spec)
     inference = _inference_spec(spec, _write_rows(spec, questions))
     summary = run_inference(inference)
-    answered = {r["id"]: r["answer"] for r in read_output(inference).to_pylist()}
+    output = read_output(inference, columns=("id", "answer"))
+    answered = dict(zip(output["id"].to_pylist(), output["answer"].to_pylist(), strict=True))
+    del output
     lines = [
         # Stripped, as LLaVA's scripts write their answers (a letter is "A", not " A").
         q.answer_line(answered[q.key].strip(), spec.served_model_id)

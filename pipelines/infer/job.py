@@ -17,6 +17,7 @@ import math
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -34,7 +35,7 @@ from pipelines.storage import (
     join,
     read_json,
     write_json_atomic,
-    write_text,
+    write_lines,
 )
 
 log = logging.getLogger(__name__)
@@ -66,72 +67,105 @@ def _parts_dir(spec: InferSpec) -> str:
     return join(spec.output, "parts")
 
 
-def read_output(spec: InferSpec, repair: bool = False) -> pa.Table:
-    """All rows written so far. With ``repair``, files a killed run left half-written (no Parquet
-    footer) and files whose every id another file already holds are deleted, so each id is
-    counted once. (Such twins came from retried Ray Data write tasks; the driver now writes each
-    block once, but a run resumes outputs that earlier versions wrote.)"""
+READ_THREADS = 16  # part files read at once: on S3 each is a few round trips
+
+
+def read_output(
+    spec: InferSpec, columns: tuple[str, ...] = tuple(OUTPUT_SCHEMA.names), repair: bool = False
+) -> pa.Table:
+    """The rows written so far, with ``columns`` only: a resume needs the ids alone, and reading
+    one column chunk per file keeps the driver's memory and reads at the ids' size. With
+    ``repair``, files a killed run left half-written (no Parquet footer) and files whose every id
+    earlier files (in name order) already hold are deleted, so each id is counted once. (Such
+    twins came from retried Ray Data write tasks; the driver now writes each block once, but a
+    run resumes outputs that earlier versions wrote.)"""
     fs = filesystem(spec.output, spec.storage)
     parts = _parts_dir(spec)
     fs.invalidate_cache()
+    wanted = list(dict.fromkeys(("id", *columns)))
     if not fs.exists(fs_path(parts)):
-        return OUTPUT_SCHEMA.empty_table()
-    tables, seen = [], set()
-    for path in sorted(p for p in fs.find(fs_path(parts)) if p.endswith(".parquet")):
+        return OUTPUT_SCHEMA.empty_table().select(list(columns))
+    paths = sorted(p for p in fs.find(fs_path(parts)) if p.endswith(".parquet"))
+
+    def read(path: str) -> pa.Table | Exception:
         try:
             with fs.open(path, "rb") as f:
-                table = pq.read_table(f, schema=OUTPUT_SCHEMA)
+                return pq.read_table(f, columns=wanted, schema=OUTPUT_SCHEMA)
         except (pa.ArrowInvalid, OSError) as err:
+            return err
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        tables = dict(zip(paths, pool.map(read, paths), strict=True))
+    for path, table in list(tables.items()):
+        if isinstance(table, Exception):
             if not repair:
-                raise
-            log.warning("removing unreadable output file %s (%s)", path, err)
+                raise table
+            log.warning("removing unreadable output file %s (%s)", path, table)
             fs.rm(path)
-            continue
-        ids = set(table.column("id").to_pylist())
-        if repair and ids <= seen:
+            del tables[path]
+    if repair:
+        for path in _twins(tables):
             log.warning("removing %s: a duplicate of rows already written", path)
             fs.rm(path)
-            continue
-        seen |= ids
-        tables.append(table)
-    return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
+            del tables[path]
+    if not tables:
+        return OUTPUT_SCHEMA.empty_table().select(list(columns))
+    return pa.concat_tables(tables.values()).select(list(columns))
+
+
+def _twins(tables: dict[str, pa.Table]) -> list[str]:
+    """The files (keys of ``tables``, in name order) whose every id an earlier file holds: the
+    files that are no id's first. Found in Arrow, by each id's smallest file number, rather than
+    with a Python set of every id."""
+    names = list(tables)
+    files = pa.concat_arrays(
+        [pa.array([n] * len(t), pa.int32()) for n, t in enumerate(tables.values())]
+    )
+    ids = pa.chunked_array([t.column("id") for t in tables.values()], pa.string())
+    first = pa.table({"id": ids, "file": files}).group_by("id").aggregate([("file", "min")])
+    firsts = set(pc.unique(first.column("file_min")).to_pylist())
+    return [name for n, name in enumerate(names) if n not in firsts]
 
 
 def run(spec: InferSpec) -> InferSummary:
     """Runs (or resumes) the job; returns the summary it writes to ``OUTPUT/summary.json``."""
     started = time.perf_counter()
     rows = list_rows(spec)
-    earlier = read_output(spec, repair=True)
+    earlier = read_output(spec, columns=("id",), repair=True)
     claim_output(spec, holds_answers=len(earlier) > 0)
     done = _of(rows, earlier)
-    done_ids = pa.array(sorted(set(done.column("id").to_pylist())), pa.string())
-    todo = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=done_ids)))
-    log.info("%d rows: %d already written, %d to do", len(rows), len(done), len(todo))
+    resumed = len(done)
+    todo = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=pc.unique(done["id"]))))
+    del earlier, done
+    log.info("%d rows: %d already written, %d to do", len(rows), resumed, len(todo))
     if len(todo):
         _generate(spec, todo, total=len(rows), already_done=len(rows) - len(todo))
-    output = _of(rows, read_output(spec, repair=True))  # an earlier run may have had more rows
-    written = set(output.column("id").to_pylist())
-    missing = [i for i in rows.column("id").to_pylist() if i not in written]
-    if missing or len(output) != len(written):
+    del todo
+    # Of the rows asked: an earlier run may have had more.
+    output = _of(rows, read_output(spec, columns=("id", "error"), repair=True))
+    missing = pc.invert(pc.is_in(rows.column("id"), value_set=output.column("id")))
+    n_missing = pc.sum(missing).as_py() or 0
+    if n_missing or pc.count_distinct(output.column("id")).as_py() != len(output):
+        examples = rows.filter(missing).column("id").slice(0, 3).to_pylist()
         raise InferFailed(
-            f"{len(missing)} of {len(rows)} rows have no output (e.g. {missing[:3]}) or ids repeat; "
+            f"{n_missing} of {len(rows)} rows have no output (e.g. {examples}) or ids repeat; "
             "re-run the same spec to finish"
         )
-    errors = output.filter(pc.is_valid(output.column("error")))
-    by_reason = Counter(m.split(":", 1)[0] for m in errors.column("error").to_pylist())
+    errors = output.filter(pc.is_valid(output.column("error"))).column("error")
+    by_reason = Counter(m.split(":", 1)[0] for m in errors.to_pylist())
     summary = InferSummary(
         rows=len(rows),
         answered=len(output) - len(errors),
         errors=len(errors),
         errors_by_reason=dict(by_reason),
-        resumed_rows=len(done),
+        resumed_rows=resumed,
         model=spec.model.path,
         model_id=spec.served_model_id,
         seconds=round(time.perf_counter() - started, 2),
         spec=spec.resolved(),
     )
     if spec.answers_jsonl:
-        _write_answers(spec, output)
+        _write_answers(spec, rows)
     summary.write(join(spec.output, "summary.json"), spec.storage)
     return summary
 
@@ -263,24 +297,29 @@ def _answer_all(spec: InferSpec, todo: pa.Table, progress: Any) -> None:
             files += 1
 
 
-def _write_answers(spec: InferSpec, output: pa.Table) -> None:
-    """LLaVA's answers file: one JSON object per question, in id order."""
-    lines = []
-    for row in sorted(output.to_pylist(), key=lambda r: r["id"]):
-        answer = {
-            "question_id": row["id"],
-            "prompt": row["prompt"],
-            "text": row["answer"] or "",
-            "answer_id": row["id"],
-            "model_id": row["model_id"],
-            "metadata": {},
-        }
-        if row["error"]:
-            answer["error"] = row["error"]
-        lines.append(json.dumps(answer))
-    write_text(join(spec.output, "answers.jsonl"), "\n".join(lines) + "\n", spec.storage)
+ANSWER_BATCH = 4096  # rows turned into JSON lines at a time
 
 
-def summary_of(spec: InferSpec) -> InferSummary | None:
-    """The summary a finished run wrote, or None."""
-    return InferSummary.read(join(spec.output, "summary.json"), spec.storage)
+def _write_answers(spec: InferSpec, rows: pa.Table) -> None:
+    """LLaVA's answers file: one JSON object per question of ``rows``, in id order (Arrow sorts
+    strings by their UTF-8 bytes: code-point order, as Python's). Written as it is made, a batch
+    of lines at a time."""
+    columns = ("id", "prompt", "answer", "model_id", "error")
+    output = _of(rows, read_output(spec, columns=columns)).sort_by("id")
+
+    def lines():
+        for batch in output.to_batches(max_chunksize=ANSWER_BATCH):
+            for row in batch.to_pylist():
+                answer = {
+                    "question_id": row["id"],
+                    "prompt": row["prompt"],
+                    "text": row["answer"] or "",
+                    "answer_id": row["id"],
+                    "model_id": row["model_id"],
+                    "metadata": {},
+                }
+                if row["error"]:
+                    answer["error"] = row["error"]
+                yield json.dumps(answer) + "\n"
+
+    write_lines(join(spec.output, "answers.jsonl"), lines(), spec.storage)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import glob
 import posixpath
+import string
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -75,36 +77,44 @@ def _image_rows(location: str, spec: InferSpec) -> pa.Table:
     return _rows_table(ids, urls, prompts)
 
 
-def read_records(url: str, storage: StorageOptions) -> list[dict[str, Any]]:
+def read_records(
+    url: str, storage: StorageOptions, columns: set[str] | None = None
+) -> list[dict[str, Any]]:
     """The rows of a Parquet or JSONL table (local or s3://) as dicts."""
+    return list(iter_records(url, storage, columns))
+
+
+def iter_records(
+    url: str, storage: StorageOptions, columns: set[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The rows of a Parquet or JSONL table as dicts, streamed: Parquet a row group at a time,
+    with only ``columns`` (those it has; None: all), JSONL a line at a time."""
     fs = filesystem(url, storage)
     with fs.open(fs_path(url), "rb") as f:
         if url.lower().endswith(".parquet"):
-            return pq.read_table(f).to_pylist()
-        data = f.read()
-    records = []
-    # Lines end at "\n" only: str.splitlines also splits at U+2028 and U+0085, which JSON
-    # strings may hold as they are.
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if line.strip():
-            try:
-                record = strict_json.loads(line)
-            except strict_json.NotJSON as err:
-                raise InputError(f"{url} line {number} is not JSON: {err}") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{url} line {number} is not a JSON object")
-            records.append(record)
-    return records
+            table = pq.ParquetFile(f)
+            names = [n for n in table.schema_arrow.names if columns is None or n in columns]
+            for batch in table.iter_batches(columns=names):
+                yield from batch.to_pylist()
+            return
+        # Lines end at "\n" only (a binary file's lines): str.splitlines also splits at U+2028
+        # and U+0085, which JSON strings may hold as they are.
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    record = strict_json.loads(line)
+                except strict_json.NotJSON as err:
+                    raise InputError(f"{url} line {number} is not JSON: {err}") from None
+                if not isinstance(record, dict):
+                    raise InputError(f"{url} line {number} is not a JSON object")
+                yield record
 
 
 def _table_rows(url: str, spec: InferSpec) -> pa.Table:
-    records = read_records(url, spec.storage)
-    if not records:  # as a pattern that matches no file: never a silent job of zero rows
-        raise MissingInput(f"table {url!r} has no rows")
     root = spec.image_root or posixpath.dirname(url)
+    required = (spec.id_column,) if spec.text_only_rows else (spec.id_column, spec.image_column)
     ids, images, prompts = [], [], []
-    for number, record in enumerate(records, 1):
-        required = (spec.id_column,) if spec.text_only_rows else (spec.id_column, spec.image_column)
+    for number, record in enumerate(iter_records(url, spec.storage, _columns_read(spec)), 1):
         for column in required:
             if record.get(column) in (None, ""):
                 raise InputError(f"{url} row {number} has no {column!r} (id_column/image_column)")
@@ -119,7 +129,20 @@ def _table_rows(url: str, spec: InferSpec) -> pa.Table:
         prompts.append(
             _render(spec, {**record, "prompt": spec.prompt if own in (None, "") else own})
         )
+    if not ids:  # as a pattern that matches no file: never a silent job of zero rows
+        raise MissingInput(f"table {url!r} has no rows")
     return _rows_table(ids, images, prompts)
+
+
+def _columns_read(spec: InferSpec) -> set[str]:
+    """The columns a table's rows are read with: the id, image and prompt columns and the
+    fields ``prompt_template`` names (a table may hold large columns the job never uses)."""
+    fields = {
+        name.split(".")[0].split("[")[0]
+        for _, name, _, _ in string.Formatter().parse(spec.prompt_template)
+        if name
+    }
+    return {spec.id_column, spec.image_column, spec.prompt_column, *fields}
 
 
 def _render(spec: InferSpec, values: dict[str, Any]) -> str:

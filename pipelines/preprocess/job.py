@@ -111,12 +111,24 @@ def _complete_output(spec: PreprocessSpec, run_fingerprint: str) -> ShardManifes
         return None  # none, failed, unfinished or another schema: rebuild
     if previous.fingerprint != run_fingerprint:
         return None
-    fs = filesystem(spec.output, spec.storage)
-    fs.invalidate_cache()
+    # One listing per folder (paged: 1,000 keys a request on S3), not one request per file.
+    present = _listed(spec.output, spec.storage)
     parts = previous.shards + previous.quarantine
-    if all(fs.exists(fs_path(join(spec.output, p.path))) for p in parts):
+    if all(fs_path(join(spec.output, p.path)) in present for p in parts):
         return previous
     return None
+
+
+def _listed(output: str, storage: StorageOptions) -> set[str]:
+    """The paths of every file under ``output``'s shard and quarantine folders."""
+    fs = filesystem(output, storage)
+    fs.invalidate_cache()
+    found: set[str] = set()
+    for folder in ("shards", "quarantine"):
+        root = fs_path(join(output, folder))
+        if fs.exists(root):
+            found.update(fs.find(root))
+    return found
 
 
 def _process(spec: PreprocessSpec, files: list[InputFile], model: ModelInputs) -> WriteTally:
@@ -232,12 +244,7 @@ def build_manifest(
 def _remove_unlisted(output: str, manifest: ShardManifest, storage: StorageOptions) -> None:
     """Deletes files a retried write task left behind, so the folders hold exactly what the
     manifest lists."""
-    fs = filesystem(output, storage)
-    fs.invalidate_cache()
     listed = {fs_path(join(output, p.path)) for p in manifest.shards + manifest.quarantine}
-    for folder in ("shards", "quarantine"):
-        root = fs_path(join(output, folder))
-        if fs.exists(root):
-            for path in fs.find(root):
-                if path not in listed:
-                    fs.rm(path)
+    fs = filesystem(output, storage)
+    for path in _listed(output, storage) - listed:
+        fs.rm(path)

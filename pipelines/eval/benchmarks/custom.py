@@ -72,7 +72,10 @@ class Custom(Benchmark):
 
     def _records(self) -> list[dict[str, Any]]:
         """The question file's records, each with an id, a question and an answer (a question
-        without text would be asked nothing)."""
+        without text would be asked nothing); read once per run."""
+        return self.once("records", self._read_records)
+
+    def _read_records(self) -> list[dict[str, Any]]:
         url = self._questions_url()
         if has_magic(url) and not filesystem(url, self.files.storage).isfile(fs_path(url)):
             raise InputError(f"questions {url!r}: name one file, not a pattern")
