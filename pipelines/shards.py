@@ -188,8 +188,13 @@ def _read_row_groups(url: str, storage: StorageOptions):
             yield parquet.read_row_group(group)
 
 
-def read_shards(urls: list[str], storage: StorageOptions):
-    """A Ray Dataset over shard files (from :func:`shard_urls`), reserving no CPU."""
+def read_shards(urls: list[str], storage: StorageOptions, concurrency: int):
+    """A Ray Dataset over shard files (from :func:`shard_urls`), reserving no CPU, reading at
+    most ``concurrency`` files at once. Read tasks that reserve no CPU are otherwise all started
+    at once, each in a worker process of its own: one per shard file, so the number of processes
+    (and the memory they hold) grew with the dataset."""
     import ray
 
-    return ray.data.read_datasource(ShardsDatasource(urls, storage), num_cpus=0)
+    return ray.data.read_datasource(
+        ShardsDatasource(urls, storage), num_cpus=0, concurrency=max(1, concurrency)
+    )

@@ -46,6 +46,10 @@ from pipelines.storage import (
 
 log = logging.getLogger(__name__)
 
+# Record files read at once per image worker: parsing a record's text is light next to decoding
+# and resizing its image.
+WORKERS_PER_READER = 8
+
 
 class PreprocessFailed(JobFailed):
     """The job ran but must not be used: too many errors, or records unaccounted for."""
@@ -138,7 +142,13 @@ def _process(spec: PreprocessSpec, files: list[InputFile], model: ModelInputs) -
     # Reading record text and writing Parquet are light next to decoding images; they reserve no
     # CPU so that a pool using every CPU cannot starve them (a deadlock on small machines).
     sized = [(f.url, f.size) for f in files]
-    records = ray.data.read_datasource(LlavaRecordsDatasource(sized, spec.storage), num_cpus=0)
+    # One read task per input file; capped, or a corpus of many files would start a worker
+    # process per file at once (tasks reserving no CPU are not limited by the CPUs).
+    records = ray.data.read_datasource(
+        LlavaRecordsDatasource(sized, spec.storage),
+        num_cpus=0,
+        concurrency=max(1, workers // WORKERS_PER_READER),
+    )
     processed = records.map_batches(
         RecordProcessor,
         fn_constructor_args=(spec, model),

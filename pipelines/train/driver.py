@@ -97,7 +97,8 @@ def run(spec: TrainSpec) -> TrainSummary:
                 max_failures=spec.max_failures, controller_failure_limit=STARTUP_RETRIES
             ),
         ),
-        datasets={"train": read_shards(plan.shard_urls, spec.storage)},
+        # A shard file read at once per worker: reading is light next to a training step.
+        datasets={"train": read_shards(plan.shard_urls, spec.storage, spec.scaling.num_workers)},
         dataset_config=deterministic_ingest(),
     )
     try:
