@@ -11,7 +11,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-lib test-slow test-gpu demo serve lint format bench bench-scale bench-token-budget clean
+.PHONY: install test test-lib test-slow test-gpu demo serve lint format bench bench-scale bench-jobs-scale bench-token-budget clean
 
 install: $(STAMP)
 
@@ -75,6 +75,10 @@ bench: install
 # memory vs the pre-flight estimate, checkpoint size and resume time.
 bench-scale: install
 	$(PY) bench/train_scale.py
+
+# Every job at 1,000 / 10,000 / 100,000 rows (about 45 minutes on 2 CPUs): docs/scale.png.
+bench-jobs-scale: install
+	$(PY) bench/scale.py
 
 # The quality-vs-speed map (about 40 minutes on 2 CPUs): writes docs/token_budget.{md,png}.
 bench-token-budget: install
