@@ -70,7 +70,21 @@ def expected_row(record, root, template, aspect="pad", max_length=2048):
     "name,template,aspect",
     [("finetune.jsonl", "vicuna_v1", "pad"), ("pretrain.json", "plain", "crop")],
 )
-def test_shards_match_a_direct_single_record_computation(corpus, tmp_path, name, template, aspect):
+def test_shards_match_a_direct_single_record_computation(
+    corpus, tmp_path, name, template, aspect, monkeypatch
+):
+    from fsspec.implementations.local import LocalFileSystem
+
+    records_file = str(corpus / name)
+    real_open = LocalFileSystem._open
+
+    def driver_open(self, path, *args, **kwargs):
+        # The records are read by Ray Data's read tasks, in worker processes: the driver lists
+        # the file and never holds its records (LCS-558K's JSON is one array of 558,128).
+        assert not str(path).endswith(records_file), "the driver opened the records file"
+        return real_open(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "_open", driver_open)
     out = tmp_path / "out"
     spec = PreprocessSpec(
         inputs=[str(corpus / name)],
