@@ -19,7 +19,7 @@ BLOCK = re.compile(r"(<!-- spec-reference: ([\w-]+) -->\n)(.*?)(<!-- /spec-refer
 
 
 def render(text: str) -> str:
-    from pipelines.cli import spec_class
+    from pipelines.jobs import spec_class
     from pipelines.spec import spec_reference
 
     def fill(match: re.Match) -> str:

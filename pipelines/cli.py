@@ -1,7 +1,7 @@
 """The ``stf`` command line.
 
-Every job is one row of :data:`SPECS`: its spec class, the module that runs it (``run(spec)`` and
-``summary_line(spec, result)``) and its help line. A job verb loads the spec (YAML + ``--set``),
+Every job is one row of :data:`~pipelines.jobs.JOBS`: its spec class, the module that runs it
+(``run(spec)`` and ``summary_line(spec, result)``) and its help line. A job verb loads the spec (YAML + ``--set``),
 runs it and prints the one-line summary; ``submit``, ``jobs`` and ``spec`` work on those same rows.
 
 Only user errors (:class:`~pipelines.errors.UserError` and the model library's
@@ -13,89 +13,16 @@ traceback of user errors too.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 from pipelines.errors import JobFailed, UserError
+from pipelines.jobs import JOBS, run_job, spec_class
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-
-
-@dataclass(frozen=True)
-class Job:
-    """One ``stf`` job: where its spec class and its runner live, imported on first use (so
-    ``stf --help`` and spec errors stay fast), and its one-line help."""
-
-    spec: str  # "module:SpecClass"
-    runner: str  # a module with run(spec) -> result and summary_line(spec, result) -> str
-    help: str
-
-
-SPECS: dict[str, Job] = {
-    "init": Job(
-        "pipelines.init:InitSpec",
-        "pipelines.init",
-        "assemble a LLaVA-STF model directory from a base LLM and a CLIP or SigLIP tower",
-    ),
-    "preprocess": Job(
-        "pipelines.preprocess.spec:PreprocessSpec",
-        "pipelines.preprocess.job",
-        "LLaVA JSON/JSONL + images -> tokenised Parquet shards (Ray Data)",
-    ),
-    "train": Job(
-        "pipelines.train.spec:TrainSpec",
-        "pipelines.train.driver",
-        "train one stage with Ray Train + DeepSpeed ZeRO-1/2 (resumes by name)",
-    ),
-    "serve": Job(
-        "pipelines.serve.spec:ServeSpec",
-        "pipelines.serve.builders",
-        "serve a model directory with an OpenAI-compatible API (Ray Serve; Ctrl-C stops)",
-    ),
-    "infer": Job(
-        "pipelines.infer.spec:InferSpec",
-        "pipelines.infer.job",
-        "batch generation over images or tables -> Parquet (Ray Data, resumable)",
-    ),
-    "eval": Job(
-        "pipelines.eval.spec:EvalSpec",
-        "pipelines.eval.job",
-        "score a model, or an answers file, on a benchmark (the paper's nine, or your questions)",
-    ),
-    "eval-suite": Job(
-        "pipelines.eval.spec:SuiteSpec",
-        "pipelines.eval.suite",
-        "several benchmarks and models -> one table in the papers' shape, published rows beside",
-    ),
-    "synth": Job(
-        "pipelines.synth:SynthSpec",
-        "pipelines.synth",
-        "write the synthetic shapes corpus (the demo's and the tests' data)",
-    ),
-    "convert": Job(
-        "pipelines.convert:ConvertSpec",
-        "pipelines.convert",
-        "convert a published LLaVA-STF checkpoint into a model directory",
-    ),
-}
-
-
-def spec_class(job: str) -> type:
-    """The spec model of a job, imported on first use."""
-    module, name = SPECS[job].spec.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def run_job(job: str, spec: Any) -> tuple[Any, str]:
-    """Runs a validated spec; returns the job's result and its one-line summary."""
-    runner = importlib.import_module(SPECS[job].runner)
-    result = runner.run(spec)
-    return result, runner.summary_line(spec, result)
 
 
 def _add_spec_args(parser: argparse.ArgumentParser) -> None:
@@ -190,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="debug logging; tracebacks for user errors"
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for name, job in SPECS.items():
+    for name, job in JOBS.items():
         verb = verbs.add_parser(name, help=job.help, description=job.help)
         _add_spec_args(verb)
         verb.set_defaults(func=_cmd_job)
@@ -199,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", help="run a job spec on a Ray cluster (Ray Jobs API; ships this project)"
     )
     _add_spec_args(submit)
-    submit.add_argument("--job", choices=sorted(SPECS), help="the job (default: from the spec)")
+    submit.add_argument("--job", choices=sorted(JOBS), help="the job (default: from the spec)")
     _add_cluster_args(submit)
     submit.add_argument("--submission-id", help="a submission id of your own")
     submit.add_argument(
@@ -218,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.set_defaults(func=_cmd_jobs)
 
     spec = verbs.add_parser("spec", help="print a job's spec reference (keys, defaults, meaning)")
-    spec.add_argument("job", choices=sorted(SPECS))
+    spec.add_argument("job", choices=sorted(JOBS))
     spec.set_defaults(func=_cmd_spec)
     return parser
 

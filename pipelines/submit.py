@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from pipelines.cli import SPECS, spec_class
 from pipelines.errors import UserError
+from pipelines.jobs import JOBS, spec_class
 from pipelines.ray_auth import Token, find_token, refusal
 from pipelines.spec import JobSpec, SpecError, load_spec
 
@@ -53,7 +53,7 @@ def detect_job(path: str | None, overrides: list[str]) -> str:
     """The one job whose spec schema the file validates against (specs forbid unknown keys, so
     the schemas do not overlap in practice); ambiguity or no match is a :class:`SpecError`."""
     matches, problems = [], {}
-    for job in SPECS:
+    for job in JOBS:
         try:
             load_spec(spec_class(job), path, overrides)
             matches.append(job)

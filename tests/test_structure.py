@@ -53,6 +53,68 @@ def test_no_function_is_longer_than_80_lines():
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(module: str, node: ast.Import | ast.ImportFrom, modules: set[str]) -> set[str]:
+    """Our modules an import statement names (``from a import b`` names ``a.b`` when that is a
+    module, else ``a``; a package's ``__init__`` running first is not counted); relative imports
+    resolved."""
+    if isinstance(node, ast.Import):
+        names = {alias.name for alias in node.names}
+    else:
+        base = node.module or ""
+        if node.level:
+            package = module.split(".") if module in PACKAGE_MODULES else module.split(".")[:-1]
+            package = package[: len(package) - node.level + 1]
+            base = ".".join([*package, base] if base else package)
+        names = {
+            f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+            for alias in node.names
+        }
+    found = set()
+    for name in names:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if name:
+            found.add(name)
+    return found
+
+
+PACKAGE_MODULES: set[str] = set()
+
+
+def test_no_import_cycles():
+    """No module imports, at any depth and from anywhere in it (a function's lazy import
+    included), a module that imports it back: a cycle works only by the order of imports."""
+    paths = {_module_name(p): p for p in python_files(*PACKAGES)}
+    PACKAGE_MODULES.update(m for m, p in paths.items() if p.name == "__init__.py")
+    graph = {}
+    for module, path in paths.items():
+        nodes = [
+            n
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.Import | ast.ImportFrom)
+        ]
+        graph[module] = {t for n in nodes for t in _imported(module, n, set(paths))} - {module}
+    cycles = []
+    for start in graph:
+        # A path back to start through modules named after it (each cycle is reported once, from
+        # its smallest name).
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, trail = stack.pop()
+            for target in graph[module]:
+                if target == start:
+                    cycles.append(" -> ".join([*trail, start]))
+                elif target > start and target not in seen:
+                    seen.add(target)
+                    stack.append((target, [*trail, target]))
+    assert cycles == [], "import cycles:\n" + "\n".join(cycles)
+
+
 def test_no_formatter_opt_outs():
     opt_out = re.compile(r"#\s*fmt:\s*(skip|off)")
     found = [
@@ -107,7 +169,7 @@ def test_loading_a_spec_imports_no_framework(job, forbidden):
     }[job]
     code = (
         "import yaml\n"
-        "from pipelines.cli import spec_class\n"
+        "from pipelines.jobs import spec_class\n"
         f"spec_class({job!r}).model_validate(yaml.safe_load({example!r}))\n"
     )
     loaded = loaded_after(code, forbidden)

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from pipelines import cli
+from pipelines import cli, jobs
 from pipelines.errors import InputError, JobFailed, SpecError, UserError
 from pipelines.spec import JobSpec
 
@@ -15,11 +15,11 @@ from pipelines.spec import JobSpec
 def test_every_job_verb_comes_from_the_table():
     parser = cli.build_parser()
     verbs = parser._subparsers._group_actions[0].choices
-    assert set(cli.SPECS) <= set(verbs)
-    for job in cli.SPECS:
-        spec = cli.spec_class(job)
+    assert set(jobs.JOBS) <= set(verbs)
+    for job in jobs.JOBS:
+        spec = jobs.spec_class(job)
         assert issubclass(spec, JobSpec) and spec.__doc__
-        runner = __import__(cli.SPECS[job].runner, fromlist=["run"])
+        runner = __import__(jobs.JOBS[job].runner, fromlist=["run"])
         assert callable(runner.run) and callable(runner.summary_line), job
 
 
@@ -44,7 +44,9 @@ def fake_job(monkeypatch):
     runner.summary_line = lambda spec, result: f"fake: {result}"
     runner.FakeSpec = FakeSpec
     monkeypatch.setitem(sys.modules, "fake_runner", runner)
-    monkeypatch.setitem(cli.SPECS, "fake", cli.Job("fake_runner:FakeSpec", "fake_runner", "a fake"))
+    monkeypatch.setitem(
+        jobs.JOBS, "fake", jobs.Job("fake_runner:FakeSpec", "fake_runner", "a fake")
+    )
     return state
 
 

@@ -167,7 +167,7 @@ def test_cluster_launcher_yaml_matches_rays_schema():
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
 def test_example_specs_validate(path):
-    from pipelines.cli import spec_class
+    from pipelines.jobs import spec_class
     from pipelines.spec import load_spec
 
     job = path.split("-")[0]

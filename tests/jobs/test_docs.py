@@ -19,10 +19,10 @@ def test_readme_spec_references_are_current():
 
 
 def test_every_job_has_a_reference_block():
-    from pipelines.cli import SPECS
+    from pipelines.jobs import JOBS
 
     text = (ROOT / "README.md").read_text()
-    for job in SPECS:
+    for job in JOBS:
         assert f"<!-- spec-reference: {job} -->" in text, job
 
 

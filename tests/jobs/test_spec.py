@@ -130,12 +130,12 @@ def test_every_example_spec_is_valid():
     spec: a renamed key or a bad value there would only show when a user runs them."""
     from pathlib import Path
 
-    from pipelines.cli import SPECS, spec_class
+    from pipelines.jobs import JOBS, spec_class
 
     examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
     assert len(examples) >= 10
     for path in examples:
-        job = next((j for j in SPECS if path.name.startswith(f"{j}-")), None)
+        job = next((j for j in JOBS if path.name.startswith(f"{j}-")), None)
         assert job is not None, f"{path}: no job named by its file name"
         load_spec(spec_class(job), path)
 
@@ -161,7 +161,7 @@ def test_values_ray_or_torch_would_refuse_later_are_refused_when_the_spec_loads(
 ):
     """Refused at load time, naming the key, rather than as a traceback from Ray Serve's deploy
     or from Adam inside every training worker."""
-    from pipelines.cli import spec_class
+    from pipelines.jobs import spec_class
 
     with pytest.raises(SpecError) as err:
         load_spec(spec_class(job), write(tmp_path, text), [])
