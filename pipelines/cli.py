@@ -1,8 +1,9 @@
 """The ``stf`` command line.
 
 Every job is one row of :data:`~pipelines.jobs.JOBS`: its spec class, the module that runs it
-(``run(spec)`` and ``summary_line(spec, result)``) and its help line. A job verb loads the spec (YAML + ``--set``),
-runs it and prints the one-line summary; ``submit``, ``jobs`` and ``spec`` work on those same rows.
+(``run(spec)`` and ``summary_line(spec, result)``) and its help line. A job verb loads the spec
+(YAML + ``--set``), runs it and prints the one-line summary; ``submit``, ``jobs`` and ``spec``
+work on those same rows.
 
 Only user errors (:class:`~pipelines.errors.UserError` and the model library's
 :class:`~stf_model.errors.ModelInputError`) become a one-line message, exit code 2 (1 for a job

@@ -118,6 +118,8 @@ def _twins(tables: dict[str, pa.Table]) -> list[str]:
     files that are no id's first. Found in Arrow, by each id's smallest file number, rather than
     with a Python set of every id."""
     names = list(tables)
+    if not names:
+        return []
     files = pa.concat_arrays(
         [pa.array([n] * len(t), pa.int32()) for n, t in enumerate(tables.values())]
     )
