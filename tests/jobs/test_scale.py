@@ -136,6 +136,7 @@ def test_jsonl_rows_are_read_a_line_at_a_time_and_split_at_newlines_only(tmp_pat
     assert [r["id"] for r in records] == [0, 1, 2] and records[0]["q"] == "a\u2028b"
 
 
+@pytest.mark.slow  # 10 s of uploads to moto (`make test-slow`)
 def test_preprocess_up_to_date_check_lists_instead_of_asking_per_file(s3_server, monkeypatch):
     """1,500 files under an output: two pages of one listing, not 1,500 HEAD requests."""
     from pipelines.preprocess import job
