@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+from pipelines.errors import InputError
 
 
 class NotJSON(ValueError):
@@ -79,3 +82,19 @@ def _refuse_lone_surrogates(value: Any) -> None:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
+
+
+def objects_per_line(lines: Iterable[bytes], where: str) -> Iterator[dict[str, Any]]:
+    """The JSON object on each non-blank line of a JSON-lines file, as a binary file yields its
+    lines (split at "\\n" only: ``str.splitlines`` also splits at U+2028 and U+0085, which JSON
+    strings may hold as they are); ``where`` names the file in the errors."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = loads(line)
+        except NotJSON as err:
+            raise InputError(f"{where} line {number} is not JSON ({err})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{where} line {number} is not a JSON object")
+        yield record

@@ -43,18 +43,8 @@ class Files:
 
     def jsonl(self, url: str, what: str) -> list[dict[str, Any]]:
         """The objects of a JSON-lines file, one per non-blank line."""
-        records = []
-        for number, line in enumerate(self.read_bytes(url, what).split(b"\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                record = strict_json.loads(line)
-            except strict_json.NotJSON as err:
-                raise InputError(f"{what} {url!r} line {number} is not JSON ({err})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{what} {url!r} line {number} is not a JSON object")
-            records.append(record)
-        return records
+        lines = self.read_bytes(url, what).split(b"\n")
+        return list(strict_json.objects_per_line(lines, f"{what} {url!r}"))
 
     def tsv(self, url: str, what: str) -> list[dict[str, str]]:
         """The rows of a tab-separated file with a header line (cells as strings, "" if empty)."""

@@ -97,17 +97,7 @@ def iter_records(
             for batch in table.iter_batches(columns=names):
                 yield from batch.to_pylist()
             return
-        # Lines end at "\n" only (a binary file's lines): str.splitlines also splits at U+2028
-        # and U+0085, which JSON strings may hold as they are.
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    record = strict_json.loads(line)
-                except strict_json.NotJSON as err:
-                    raise InputError(f"{url} line {number} is not JSON: {err}") from None
-                if not isinstance(record, dict):
-                    raise InputError(f"{url} line {number} is not a JSON object")
-                yield record
+        yield from strict_json.objects_per_line(f, url)
 
 
 def _table_rows(url: str, spec: InferSpec) -> pa.Table:
