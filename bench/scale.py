@@ -361,10 +361,7 @@ def train(sizes, work: Path) -> list[dict]:
             )["counts"]["written"]
             spec["max_steps"] = math.ceil(second_rows / (TRAIN_MICRO * TRAIN_WORKERS))
         run_dir = work / "out" / "runs" / spec["name"]
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
+        _clear(run_dir)
         path = write_spec(work / "specs" / f"train-{n}.yaml", spec)
         result = run_job(["train", path], job_env())
         trained = _rows_trained(run_dir, rows)

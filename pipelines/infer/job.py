@@ -67,6 +67,7 @@ def _parts_dir(spec: InferSpec) -> str:
     return join(spec.output, "parts")
 
 
+ANSWER_COLUMNS = ("id", "prompt", "answer", "model_id", "error")  # what answers.jsonl holds
 READ_THREADS = 16  # part files read at once: on S3 each is a few round trips
 
 
@@ -143,8 +144,10 @@ def run(spec: InferSpec) -> InferSummary:
     if len(todo):
         _generate(spec, todo, total=len(rows), already_done=len(rows) - len(todo))
     del todo
-    # Of the rows asked: an earlier run may have had more.
-    output = _of(rows, read_output(spec, columns=("id", "error"), repair=True))
+    # Of the rows asked: an earlier run may have had more. The answers file's columns are read
+    # in the same pass when it is asked for.
+    columns = ANSWER_COLUMNS if spec.answers_jsonl else ("id", "error")
+    output = _of(rows, read_output(spec, columns=columns, repair=True))
     missing = pc.invert(pc.is_in(rows.column("id"), value_set=output.column("id")))
     n_missing = pc.sum(missing).as_py() or 0
     if n_missing or pc.count_distinct(output.column("id")).as_py() != len(output):
@@ -167,7 +170,7 @@ def run(spec: InferSpec) -> InferSummary:
         spec=spec.resolved(),
     )
     if spec.answers_jsonl:
-        _write_answers(spec, rows)
+        _write_answers(spec, output)
     summary.write(join(spec.output, "summary.json"), spec.storage)
     return summary
 
@@ -302,15 +305,14 @@ def _answer_all(spec: InferSpec, todo: pa.Table, progress: Any) -> None:
 ANSWER_BATCH = 4096  # rows turned into JSON lines at a time
 
 
-def _write_answers(spec: InferSpec, rows: pa.Table) -> None:
-    """LLaVA's answers file: one JSON object per question of ``rows``, in id order (Arrow sorts
-    strings by their UTF-8 bytes: code-point order, as Python's). Written as it is made, a batch
-    of lines at a time."""
-    columns = ("id", "prompt", "answer", "model_id", "error")
-    output = _of(rows, read_output(spec, columns=columns)).sort_by("id")
+def _write_answers(spec: InferSpec, output: pa.Table) -> None:
+    """LLaVA's answers file: one JSON object per row of ``output`` (with
+    :data:`ANSWER_COLUMNS`), in id order (Arrow sorts strings by their UTF-8 bytes: code-point
+    order, as Python's). Written as it is made, a batch of lines at a time."""
+    ordered = output.sort_by("id")
 
     def lines():
-        for batch in output.to_batches(max_chunksize=ANSWER_BATCH):
+        for batch in ordered.to_batches(max_chunksize=ANSWER_BATCH):
             for row in batch.to_pylist():
                 answer = {
                     "question_id": row["id"],
