@@ -15,8 +15,9 @@ from pipelines.spec import StorageOptions
 from pipelines.storage import write_lines
 
 
-def read_answers(url: str, files: Files) -> list[Answer]:
-    """Every line of an answers file, each with a ``question_id`` and a string ``text``."""
+def read_answers(url: str, files: Files, prompt: bool = True) -> list[Answer]:
+    """Every line of an answers file, each with a ``question_id`` and a string ``text``
+    (``prompt``: keep each line's prompt)."""
     answers = []
     for number, record in enumerate(files.jsonl(url, "answers"), 1):
         if record.get("question_id") is None or not isinstance(record.get("text"), str):
@@ -24,7 +25,7 @@ def read_answers(url: str, files: Files) -> list[Answer]:
                 f"answers {url!r} line {number} has no question_id or no text: not an answers "
                 "file in LLaVA's format (question_id, prompt, text)"
             )
-        answers.append(Answer(record["question_id"], record["text"], record, number))
+        answers.append(Answer.of(record, number, prompt))
     if not answers:
         raise InputError(f"answers {url!r} has no answers")
     return answers
@@ -36,4 +37,4 @@ def write_answers(url: str, lines: list[dict[str, Any]], storage: StorageOptions
 
 def as_answers(lines: list[dict[str, Any]]) -> list[Answer]:
     """Answers file lines (as :func:`write_answers` takes them) as :class:`Answer` records."""
-    return [Answer(r["question_id"], r["text"], r, n) for n, r in enumerate(lines, 1)]
+    return [Answer.of(r, n) for n, r in enumerate(lines, 1)]

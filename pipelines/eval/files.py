@@ -7,7 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import posixpath
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from pipelines import strict_json
 from pipelines.errors import InputError, MissingInput
@@ -26,10 +27,12 @@ class Files:
         self.storage = storage
 
     def read_bytes(self, url: str, what: str) -> bytes:
-        fs = filesystem(url, self.storage)
+        with self._open(url, what) as f:
+            return f.read()
+
+    def _open(self, url: str, what: str) -> BinaryIO:
         try:
-            with fs.open(fs_path(url), "rb") as f:
-                return f.read()
+            return filesystem(url, self.storage).open(fs_path(url), "rb")
         except FileNotFoundError:
             raise MissingInput(f"{what} {url!r} does not exist") from None
         except IsADirectoryError:
@@ -41,10 +44,11 @@ class Files:
         except strict_json.NotJSON as err:
             raise InputError(f"{what} {url!r} is not JSON ({err})") from None
 
-    def jsonl(self, url: str, what: str) -> list[dict[str, Any]]:
-        """The objects of a JSON-lines file, one per non-blank line."""
-        lines = self.read_bytes(url, what).split(b"\n")
-        return list(strict_json.objects_per_line(lines, f"{what} {url!r}"))
+    def jsonl(self, url: str, what: str) -> Iterator[dict[str, Any]]:
+        """The objects of a JSON-lines file, one per non-blank line, parsed as the file is read
+        (the file is never held whole)."""
+        with self._open(url, what) as file:
+            yield from strict_json.objects_per_line(file, f"{what} {url!r}")
 
     def tsv(self, url: str, what: str) -> list[dict[str, str]]:
         """The rows of a tab-separated file with a header line (cells as strings, "" if empty)."""

@@ -43,7 +43,8 @@ def run(spec: EvalSpec) -> EvalReport:
     """Answers (or reads the answers), scores, writes the report; returns it."""
     benchmark = make_benchmark(spec)
     if spec.answers is not None:
-        answers, asked, errors = read_answers(spec.answers, benchmark.files), None, 0
+        answers = read_answers(spec.answers, benchmark.files, benchmark.reads_prompt)
+        asked, errors = None, 0
         answers_url = spec.answers
     else:
         asked, answers, errors = _generate(spec, benchmark)
@@ -139,14 +140,14 @@ def _report(
         name, data = scored.submission
         submission = join(spec.output, name)
         write_bytes(submission, data, spec.storage)
-    shown = sorted(scored.items, key=lambda i: i.score)[:EXAMPLES]
+    shown = scored.items.lowest()
     report = EvalReport(
         benchmark=spec.benchmark,
         title=benchmark.title,
         split=scored.split,
         headline=benchmark.headline,
         score=scored.score,
-        n=len(scored.items),
+        n=scored.items.n,
         unanswered=scored.unanswered,
         errors=errors,
         metrics=scored.metrics | _baseline_metrics(spec),
@@ -165,11 +166,11 @@ def _report(
                 score=i.score,
                 category=i.category,
             )
-            for i in shown
+            for i in shown[:EXAMPLES]
         ],
     )
     report.write(join(spec.output, "report.json"), spec.storage)
-    page = render_report(report, scored.items, spec.storage)
+    page = render_report(report, shown, spec.storage)
     write_text(join(spec.output, "report.html"), page, spec.storage)
     return report
 

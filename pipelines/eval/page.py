@@ -21,8 +21,6 @@ from pipelines.eval.report import EvalReport
 from pipelines.spec import StorageOptions
 from pipelines.storage import read_many
 
-# Examples shown (wrong ones first): enough to see the failure modes, small enough to open fast.
-MAX_EXAMPLES = 200
 THUMBNAIL_PX = 128
 MAX_SOURCE_PIXELS = 40_000_000
 BAR_PX, CHART_WIDTH = 26, 560
@@ -41,9 +39,8 @@ svg { display: block; margin-top: 1.5em; }
 """
 
 
-def render_report(report: EvalReport, items: list[Item], storage: StorageOptions) -> str:
-    """The page for ``report`` and its scored items."""
-    shown = sorted(items, key=lambda item: item.score)[:MAX_EXAMPLES]
+def render_report(report: EvalReport, shown: list[Item], storage: StorageOptions) -> str:
+    """The page for ``report`` and the items it shows (the lowest scores first)."""
     thumbnails = _thumbnails([i.image for i in shown if i.image], storage)
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -58,7 +55,7 @@ def render_report(report: EvalReport, items: list[Item], storage: StorageOptions
         parts += ["<h2>By category</h2>", _breakdown(report), _chart(report)]
     if shown:
         parts += [
-            f"<h2>Examples ({len(shown)} of {len(items)}, wrong ones first)</h2>",
+            f"<h2>Examples ({len(shown)} of {report.n}, wrong ones first)</h2>",
             _examples(shown, thumbnails),
         ]
     return "\n".join([*parts, "</body></html>"])

@@ -91,6 +91,39 @@ def test_pope_refuses_a_label_file_of_another_version(tmp_path):
         evaluate(tmp_path, benchmark="pope", answers=answers, **files)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("category", "category 'unknown', with no label file"),
+        ("extra", "more random questions than coco_pope_random.json's 2 labels"),
+        ("repeat", "question id 1 repeats"),
+    ],
+)
+def test_pope_refuses_questions_its_labels_cannot_pair(tmp_path, change, message):
+    files = bf.pope(tmp_path / "pope")
+    rows = lines(files["questions"])
+    if change == "category":
+        rows[0]["category"] = "unknown"
+    elif change == "extra":
+        rows.append({**rows[-1], "question_id": 99})
+    else:
+        rows[1]["question_id"] = rows[0]["question_id"]
+    bf.jsonl(files["questions"], rows)
+    answers = bf.answers(tmp_path / "a.jsonl", POPE_ANSWERS)
+    with pytest.raises(InputError, match=message):
+        evaluate(tmp_path, benchmark="pope", answers=answers, **files)
+
+
+def test_pope_a_label_line_no_question_asks_is_counted_unanswered(tmp_path):
+    files = bf.pope(tmp_path / "pope")
+    rows = lines(files["questions"])
+    bf.jsonl(files["questions"], [r for r in rows if r["question_id"] != 4])  # the last one
+    answers = bf.answers(tmp_path / "a.jsonl", [a for a in POPE_ANSWERS if a[0] != 4])
+    report = evaluate(tmp_path, benchmark="pope", answers=answers, **files)
+    assert report.n == 8 and report.unanswered == 1
+    assert report.breakdown["adversarial"]["fp"] == 1  # its label is "no": a false positive
+
+
 def test_mme_by_hand_in_both_folder_layouts(tmp_path):
     files = bf.mme(tmp_path / "mme")
     questions = lines(files["questions"])

@@ -4,14 +4,20 @@ A benchmark reads its published question file into :class:`Question` rows (what 
 asked, and what LLaVA's answers file records for it), and scores a list of :class:`Answer` lines
 (LLaVA's answers file, whoever wrote it) against its ground truth into a :class:`Scored`. The
 universe of a score is the ground truth: an item without an answer is counted, and counted wrong.
+
+Scoring holds the ground truth and the answers, and nothing more per item: each scored
+:class:`Item` goes into a :class:`Tally`, which keeps the counts the metrics need and only the
+items the report shows (a benchmark has up to 214,354 questions: VQAv2 val).
 """
 
 from __future__ import annotations
 
+import heapq
 import posixpath
+import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from pipelines.errors import InputError
@@ -20,6 +26,12 @@ from pipelines.storage import join
 
 # How many offending ids an error quotes.
 QUOTED = 3
+# The scored items a report keeps, lowest scores first, for report.html: enough to see the
+# failure modes, few enough for the page to open fast.
+EXAMPLES_KEPT = 200
+# Answers at most this long are one string however many lines give them ("Yes", "No", "A", a
+# short phrase: most of a benchmark's answers).
+SHARED_TEXT = 32
 
 
 @dataclass(frozen=True)
@@ -47,19 +59,28 @@ class Question:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Answer:
-    """One line of LLaVA's answers file (``question_id`` and ``text``; ``prompt`` and the rest
-    where the benchmark's scorer reads them)."""
+    """One line of LLaVA's answers file, as far as scorers read it: ``question_id`` and
+    ``text``, the ``prompt`` (kept only for the benchmarks that find their question by it) and
+    MMBench's ``round_id``. The rest of the line is not kept."""
 
     question_id: Any
     text: str
-    record: dict[str, Any]
+    prompt: str
+    round_id: Any
     line: int
 
-    @property
-    def prompt(self) -> str:
-        return str(self.record.get("prompt") or "")
+    @classmethod
+    def of(cls, record: dict[str, Any], line: int, prompt: bool = True) -> Answer:
+        text = record["text"]
+        return cls(
+            record["question_id"],
+            sys.intern(text) if len(text) <= SHARED_TEXT else text,
+            str(record.get("prompt") or "") if prompt else "",
+            record.get("round_id"),
+            line,
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,63 @@ class Item:
     score: float  # 1 right, 0 wrong, or a VQA soft score
     category: str | None = None
     image: str | None = None
+    ref: Any = None  # where a benchmark that does not hold the question and image reads them
+
+
+class Tally:
+    """Scored items counted as they come: how many, how many unanswered, the sum and count of
+    each category's scores, and the ``kept`` lowest-scoring items in their order (the report's
+    examples, wrong ones first). The other items are not kept."""
+
+    def __init__(self, kept: int = EXAMPLES_KEPT):
+        self.n = 0
+        self.unanswered = 0
+        self.total = 0.0
+        self.categorised = False  # some item has a category
+        self.categories: dict[str, list[float]] = {}  # category ("all" if none) -> [sum, n]
+        self._kept = kept
+        # A heap of (-score, -order, item): its top is the kept item that goes first when a
+        # lower score (or an equal one met earlier) arrives.
+        self._heap: list[tuple[float, int, Item]] = []
+
+    def add(self, item: Item) -> None:
+        self.n += 1
+        self.total += item.score
+        self.unanswered += item.prediction is None
+        self.categorised = self.categorised or bool(item.category)
+        sums = self.categories.setdefault(item.category or "all", [0.0, 0])
+        sums[0] += item.score
+        sums[1] += 1
+        entry = (-item.score, -self.n, item)
+        if len(self._heap) < self._kept:
+            heapq.heappush(self._heap, entry)
+        elif self._heap and entry > self._heap[0]:
+            heapq.heapreplace(self._heap, entry)
+
+    def percent(self) -> float:
+        """The mean score, in percent, as papers report it."""
+        return 100.0 * (self.total / self.n) if self.n else 0.0
+
+    def by_category(self) -> dict[str, dict[str, float]]:
+        """Accuracy (percent) and count per category."""
+        return {
+            k: {"accuracy": 100.0 * (total / n), "n": n}
+            for k, (total, n) in sorted(self.categories.items())
+        }
+
+    def describe(self, read: Callable[[set], dict[Any, tuple[str, str | None]]]) -> None:
+        """Fills in the kept items' question and image from ``read`` (their refs -> (question,
+        image)): a benchmark that scores without holding them reads them again for these
+        items only."""
+        found = read({item.ref for _, _, item in self._heap})
+        self._heap = [
+            (score, order, replace(item, question=found[item.ref][0], image=found[item.ref][1]))
+            for score, order, item in self._heap
+        ]
+
+    def lowest(self) -> list[Item]:
+        """The kept items, lowest score first, in their order among equal scores."""
+        return [item for _, _, item in sorted(self._heap, key=lambda e: (-e[0], -e[1]))]
 
 
 @dataclass
@@ -83,7 +161,7 @@ class Scored:
     score: float | None
     metrics: dict[str, float]
     breakdown: dict[str, dict[str, float]]
-    items: list[Item]
+    items: Tally
     unanswered: int
     submission: tuple[str, bytes] | None = None  # (file name, content) for the server
 
@@ -95,7 +173,7 @@ class Benchmark(ABC):
     title: ClassVar[str]  # as papers name it
     headline: ClassVar[str]  # what the score is
     default_split: ClassVar[str] = "test"
-    needs_questions_to_score: ClassVar[bool] = False
+    reads_prompt: ClassVar[bool] = False  # finds an answer's question by its prompt
 
     def __init__(
         self, files: Files, questions: str | None, images: str | None, split: str | None = None
@@ -129,22 +207,25 @@ class Benchmark(ABC):
     # -- helpers for the benchmarks --
 
     def question_records(self) -> list[dict[str, Any]]:
-        """LLaVA's JSONL question file, each line with ``question_id``, ``image`` and ``text``."""
-        return self.once("questions", self._question_records)
+        """LLaVA's JSONL question file, each line with ``question_id``, ``image`` and ``text``;
+        read once per run."""
+        return self.once("questions", lambda: list(self.question_lines()))
 
-    def _question_records(self) -> list[dict[str, Any]]:
+    def question_lines(self) -> Iterator[dict[str, Any]]:
+        """The question file's lines as they are read (none held), checked as
+        :meth:`question_records` checks them."""
         url = self._questions_url()
-        records = self.files.jsonl(url, f"{self.name} questions")
-        for number, record in enumerate(records, 1):
+        number = 0
+        for number, record in enumerate(self.files.jsonl(url, f"{self.name} questions"), 1):
             missing = [k for k in ("question_id", "image", "text") if record.get(k) in (None, "")]
             if missing:
                 raise InputError(
                     f"{self.name} questions {url!r} line {number} has no {', '.join(missing)}: "
                     f"not LLaVA's question file for {self.title}"
                 )
-        if not records:
+            yield record
+        if not number:
             raise InputError(f"{self.name} questions {url!r} has no questions")
-        return records
 
     def _questions_url(self) -> str:
         if self.questions_url is None:
@@ -169,7 +250,7 @@ class Benchmark(ABC):
 def matched(
     answers: Iterable[Answer],
     key: Callable[[Answer], Hashable],
-    universe: set,
+    universe: Container[Hashable],
     what: str,
 ) -> dict[Hashable, Answer]:
     """Each answer by its ground-truth key; an answer whose key is not in ``universe`` or that
@@ -205,11 +286,3 @@ def mean(values: Iterable[float]) -> float:
 def percent(values: Iterable[float]) -> float:
     """The mean of 0-1 scores, in percent, as papers report it."""
     return 100.0 * mean(values)
-
-
-def by_category(items: list[Item]) -> dict[str, dict[str, float]]:
-    """Accuracy (percent) and count per category."""
-    groups: dict[str, list[float]] = {}
-    for item in items:
-        groups.setdefault(item.category or "all", []).append(item.score)
-    return {k: {"accuracy": percent(v), "n": len(v)} for k, v in sorted(groups.items())}

@@ -7,22 +7,25 @@ from __future__ import annotations
 
 import posixpath
 import re
+import sys
 import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.errors import InputError
 from pipelines.eval.benchmarks.base import (
+    SHARED_TEXT,
     Answer,
     Benchmark,
     Item,
     Question,
     Scored,
-    by_category,
+    Tally,
     matched,
-    percent,
 )
 from pipelines.eval.spec import CustomColumns
-from pipelines.infer.rows import read_records
+from pipelines.infer.rows import iter_records
 from pipelines.storage import filesystem, fs_path, has_magic, join
 
 _ARTICLES = {"a", "an", "the"}
@@ -63,6 +66,16 @@ def is_correct(prediction: str | None, answer: str) -> bool:
     return bool(predicted) and predicted == normalize_answer(str(answer))
 
 
+@dataclass
+class Rows:
+    """What scoring holds of the question file: each question's position by id, and at each
+    position its answer and type (its question and image are read again for the report)."""
+
+    position: dict[str, int] = field(default_factory=dict)
+    answers: list[str] = field(default_factory=list)
+    kinds: list[str | None] = field(default_factory=list)
+
+
 class Custom(Benchmark):
     name = "custom"
     title = "custom questions"
@@ -70,34 +83,48 @@ class Custom(Benchmark):
     default_split = "eval"
     columns = CustomColumns()
 
-    def _records(self) -> list[dict[str, Any]]:
-        """The question file's records, each with an id, a question and an answer (a question
+    def _rows(self) -> Rows:
+        """The question file's rows by id, each with a question and an answer (a question
         without text would be asked nothing); read once per run."""
-        return self.once("records", self._read_records)
+        return self.once("rows", self._read_rows)
 
-    def _read_records(self) -> list[dict[str, Any]]:
+    def _read_rows(self) -> Rows:
+        c = self.columns
+        rows = Rows()
+        for position, key, record in self._records({c.id, c.question, c.answer, c.image, c.type}):
+            if key in rows.position:
+                raise InputError(f"{self.questions_url}: question id {key!r} repeats")
+            kind, answer = record.get(c.type), str(record[c.answer])
+            rows.position[key] = position
+            rows.answers.append(sys.intern(answer) if len(answer) <= SHARED_TEXT else answer)
+            rows.kinds.append(None if kind in (None, "") else sys.intern(str(kind)))
+        return rows
+
+    def _records(self, columns: set[str] | None = None) -> Iterator[tuple[int, str, dict]]:
+        """The question file's records (with ``columns``; None: all) with their positions and
+        ids; each checked to have an id, a question, an answer and an image."""
         url = self._questions_url()
         if has_magic(url) and not filesystem(url, self.files.storage).isfile(fs_path(url)):
             raise InputError(f"questions {url!r}: name one file, not a pattern")
-        records = read_records(url, self.files.storage)
         c = self.columns
-        for number, record in enumerate(records, 1):
+        for number, record in enumerate(iter_records(url, self.files.storage, columns), 1):
             for column in (c.id, c.question, c.answer, c.image):
                 if record.get(column) in (None, ""):
                     raise InputError(
                         f"{url} question {number} has no {column!r} (custom.id / question / "
                         "answer / image)"
                     )
-        ids = [str(r[c.id]) for r in records]
-        if len(set(ids)) != len(ids):
-            raise InputError(f"{url}: question ids repeat")
-        return records
+            yield number - 1, str(record[c.id]), record
+
+    def _image_url(self, record: dict[str, Any]) -> str:
+        image = str(record[self.columns.image])
+        root = self.images or posixpath.dirname(self._questions_url())
+        return image if image.startswith(("s3://", "/")) else join(root, image)
 
     def questions(self, staging: str) -> list[Question]:
         c = self.columns
-        root = self.images or posixpath.dirname(self._questions_url())
         questions = []
-        for record in self._records():
+        for _, key, record in self._records():
             try:
                 values = {**record, "question": record[c.question], "prompt": record[c.question]}
                 prompt = c.prompt_template.format_map(values)
@@ -105,39 +132,45 @@ class Custom(Benchmark):
                 raise InputError(
                     f"custom.prompt_template names {err}, which the questions lack"
                 ) from None
-            image = str(record[c.image])
-            url = image if image.startswith(("s3://", "/")) else join(root, image)
-            questions.append(Question(str(record[c.id]), record[c.id], prompt, url))
+            questions.append(Question(key, record[c.id], prompt, self._image_url(record)))
         return questions
 
     def check(self) -> None:
-        self._records()
+        self._rows()
 
     def score(self, answers: list[Answer], limit_to: list[Question] | None) -> Scored:
-        c = self.columns
-        records = {str(r[c.id]): r for r in self._records()}
-        found = matched(answers, lambda a: str(a.question_id), set(records), "the question file")
+        rows = self._rows()
+        found = matched(answers, lambda a: str(a.question_id), rows.position, "the question file")
         asked = {q.key for q in limit_to} if limit_to is not None else None
-        root = self.images or posixpath.dirname(self._questions_url())
-        items = []
-        for key, record in records.items():
+        items = Tally()
+        for key, position in rows.position.items():
             if asked is not None and key not in asked:
                 continue
             answer = found.get(key)
-            kind = record.get(c.type)
-            image = str(record[c.image])
-            items.append(
+            prediction = answer.text if answer else None
+            expected = rows.answers[position]
+            items.add(
                 Item(
-                    str(record[c.question]),
-                    str(record[c.answer]),
-                    answer.text if answer else None,
-                    float(is_correct(answer.text if answer else None, str(record[c.answer]))),
-                    None if kind in (None, "") else str(kind),
-                    image if image.startswith(("s3://", "/")) else join(root, image),
+                    "",  # described below, for the items the report keeps
+                    expected,
+                    prediction,
+                    float(is_correct(prediction, expected)),
+                    rows.kinds[position],
+                    ref=position,
                 )
             )
-        accuracy = percent(i.score for i in items)
-        breakdown = by_category(items) if any(i.category for i in items) else {}
-        metrics = {"accuracy": accuracy}
-        unanswered = sum(1 for i in items if i.prediction is None)
-        return Scored(self.split, accuracy, metrics, breakdown, items, unanswered)
+        items.describe(self._described)
+        accuracy = items.percent()
+        breakdown = items.by_category() if items.categorised else {}
+        return Scored(
+            self.split, accuracy, {"accuracy": accuracy}, breakdown, items, items.unanswered
+        )
+
+    def _described(self, positions: set[int]) -> dict[int, tuple[str, str]]:
+        """The question and image of these questions, read again from the question file."""
+        c = self.columns
+        return {
+            position: (str(record[c.question]), self._image_url(record))
+            for position, _, record in self._records({c.id, c.question, c.answer, c.image})
+            if position in positions
+        }

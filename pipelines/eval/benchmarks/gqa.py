@@ -18,9 +18,8 @@ from pipelines.eval.benchmarks.base import (
     Item,
     Question,
     Scored,
-    by_category,
+    Tally,
     matched,
-    percent,
 )
 
 
@@ -67,28 +66,27 @@ class Gqa(Benchmark):
         truth = self._truth()
         found = matched(answers, lambda a: str(a.question_id), set(truth), "gqa")
         asked = {q.key for q in limit_to} if limit_to is not None else None
-        items, kinds = [], {"binary": [], "open": []}
+        items, kinds = Tally(), {"binary": Tally(kept=0), "open": Tally(kept=0)}
         for qid, question in truth.items():
             if not question.get("isBalanced", True) or (asked is not None and qid not in asked):
                 continue
             answer = found.get(qid)
             right = answer is not None and prediction(answer.text) == question["answer"]
             types = question.get("types") or {}
-            kinds["open" if types.get("structural") == "query" else "binary"].append(float(right))
-            items.append(
-                Item(
-                    str(question.get("question", qid)),
-                    str(question["answer"]),
-                    answer.text if answer else None,
-                    float(right),
-                    types.get("semantic"),
-                    self.image_url(f"{question['imageId']}.jpg") if "imageId" in question else None,
-                )
+            item = Item(
+                str(question.get("question", qid)),
+                str(question["answer"]),
+                answer.text if answer else None,
+                float(right),
+                types.get("semantic"),
+                self.image_url(f"{question['imageId']}.jpg") if "imageId" in question else None,
             )
-        if not items:
+            items.add(item)
+            kinds["open" if types.get("structural") == "query" else "binary"].add(item)
+        if not items.n:
             raise InputError("gqa: the annotations hold no balanced question to score")
-        metrics = {"accuracy": percent(i.score for i in items)}
-        metrics |= {k: percent(v) for k, v in kinds.items() if v}
-        breakdown = by_category(items)
-        unanswered = sum(1 for i in items if i.prediction is None)
-        return Scored(self.split, metrics["accuracy"], metrics, breakdown, items, unanswered)
+        metrics = {"accuracy": items.percent()}
+        metrics |= {k: kind.percent() for k, kind in kinds.items() if kind.n}
+        return Scored(
+            self.split, metrics["accuracy"], metrics, items.by_category(), items, items.unanswered
+        )

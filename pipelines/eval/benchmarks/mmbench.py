@@ -32,7 +32,7 @@ from pipelines.eval.benchmarks.base import (
     Item,
     Question,
     Scored,
-    by_category,
+    Tally,
     matched,
     percent,
 )
@@ -243,7 +243,7 @@ class MmBench(Benchmark):
         for index, row in sorted(rows.items()):
             if asked is None or index % ROUND in asked:
                 groups.setdefault(index % ROUND, []).append(row)
-        items, first_round, l2 = [], [], {}
+        items, first_round, l2 = Tally(), [], {}
         for group in groups.values():
             given = [found.get(int(row["index"])) for row in group]
             right = [
@@ -252,7 +252,7 @@ class MmBench(Benchmark):
             ]
             head = group[0]
             first_round.append(float(right[0]))
-            items.append(
+            items.add(
                 Item(
                     head["question"],
                     f"{head['answer']}. {head.get(head['answer'], '')}",
@@ -271,7 +271,7 @@ class MmBench(Benchmark):
         """The row an answer is for: its ``question_id`` (``index + k * ROUND``), or, as LLaVA's
         ``model_vqa_mmbench.py --all-rounds`` writes it, the question's index and ``round_id``."""
         try:
-            index, round_id = int(answer.question_id), int(answer.record.get("round_id") or 0)
+            index, round_id = int(answer.question_id), int(answer.round_id or 0)
         except (TypeError, ValueError):
             return None
         return index + round_id * ROUND if index < ROUND else index
@@ -281,18 +281,21 @@ class MmBench(Benchmark):
         return can_infer(answer.text, {o: row[o] for o in OPTIONS if not is_none(row.get(o))})
 
     def _scored(
-        self, items: list[Item], first_round: list[float], l2: dict, rounds_per_question: float
+        self, items: Tally, first_round: list[float], l2: dict, rounds_per_question: float
     ) -> Scored:
-        breakdown = by_category(items)
         metrics = {
-            "circular_accuracy": percent(i.score for i in items),
+            "circular_accuracy": items.percent(),
             "first_round_accuracy": percent(first_round),
             "rounds_per_question": rounds_per_question,  # 1: the TSV's rows only were answered
         }
         metrics |= {f"l2:{k}": percent(v) for k, v in sorted(l2.items())}
-        unanswered = sum(1 for i in items if i.prediction is None)
         return Scored(
-            self.split, metrics["circular_accuracy"], metrics, breakdown, items, unanswered
+            self.split,
+            metrics["circular_accuracy"],
+            metrics,
+            items.by_category(),
+            items,
+            items.unanswered,
         )
 
     def _submission(self, rows: dict[int, Row], found: dict) -> Scored:
@@ -310,7 +313,7 @@ class MmBench(Benchmark):
         table.to_excel(buffer, index=False, engine="openpyxl")
         unanswered = sum(1 for i in rows if i not in found)
         name = f"{self.name}_{self.split}_submission.xlsx"
-        return Scored(self.split, None, {}, {}, [], unanswered, (name, buffer.getvalue()))
+        return Scored(self.split, None, {}, {}, Tally(), unanswered, (name, buffer.getvalue()))
 
 
 class MmBenchCn(MmBench):

@@ -17,7 +17,7 @@ sum over the 10 perception subtasks (at most 2000), with the cognition score (4 
 from __future__ import annotations
 
 from pipelines.errors import InputError
-from pipelines.eval.benchmarks.base import Answer, Benchmark, Item, Question, Scored, matched
+from pipelines.eval.benchmarks.base import Answer, Benchmark, Item, Question, Scored, Tally, matched
 from pipelines.storage import join
 
 PERCEPTION = (
@@ -54,6 +54,7 @@ class Mme(Benchmark):
     name = "mme"
     title = "MME"
     headline = "perception score (the sum of 10 subtasks' acc + acc+, at most 2000)"
+    reads_prompt = True
 
     def __init__(self, files, questions, images, split=None):
         super().__init__(files, questions, images, split)
@@ -151,14 +152,14 @@ class Mme(Benchmark):
         if limit_to is not None:
             asked = {self.key_of(str(q.question_id), q.prompt, truth) for q in limit_to}
             universe = {k: v for k, v in truth.items() if k in asked}
-        items, per_image = [], {}
+        items, per_image = Tally(), {}
         for key, expected in universe.items():
             subtask, file, question = key
             answer = found.get(key)
             right = answer is not None and reads_as(answer.text) == expected.lower()
             per_image.setdefault((subtask, file), []).append(right)
             image = self.image_url(str(answer.question_id)) if answer else None
-            items.append(
+            items.add(
                 Item(
                     question,
                     expected,
@@ -170,15 +171,10 @@ class Mme(Benchmark):
             )
         breakdown = {}
         for subtask in sorted({k[0] for k in universe}):
-            rights = [i.score for i in items if i.category == subtask]
+            rights, n = items.categories[subtask]
             images = [all(v) for (s, _), v in per_image.items() if s == subtask]
-            acc, acc_plus = 100 * sum(rights) / len(rights), 100 * sum(images) / len(images)
-            breakdown[subtask] = {
-                "acc": acc,
-                "acc_plus": acc_plus,
-                "score": acc + acc_plus,
-                "n": len(rights),
-            }
+            acc, acc_plus = 100 * rights / n, 100 * sum(images) / len(images)
+            breakdown[subtask] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "n": n}
         perception = sum(breakdown[t]["score"] for t in PERCEPTION if t in breakdown)
         cognition = sum(breakdown[t]["score"] for t in COGNITION if t in breakdown)
         metrics = {
@@ -186,5 +182,4 @@ class Mme(Benchmark):
             "cognition": cognition,
             "total": perception + cognition,
         }
-        unanswered = sum(1 for i in items if i.prediction is None)
-        return Scored(self.split, perception, metrics, breakdown, items, unanswered)
+        return Scored(self.split, perception, metrics, breakdown, items, items.unanswered)

@@ -14,11 +14,33 @@ without an answer counts as the wrong answer (a false negative for "yes", false 
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
 from pipelines.errors import InputError, MissingInput
-from pipelines.eval.benchmarks.base import Answer, Benchmark, Item, Question, Scored, matched
+from pipelines.eval.benchmarks.base import Answer, Benchmark, Item, Question, Scored, Tally, matched
 from pipelines.storage import join
 
 PREFIX, SUFFIX = "coco_pope_", ".json"
+
+
+class Label(NamedTuple):
+    """One line of a POPE label file, as far as scoring reads it."""
+
+    image: str
+    text: str
+    yes: bool  # labelled "yes" (anything but "no")
+
+
+@dataclass
+class Split:
+    """A split's label lines as scoring holds them: at each position, the id of the question
+    asked there (None: none is) and whether the label is "yes"."""
+
+    ids: list[str | None] = field(default_factory=list)
+    yes: list[bool] = field(default_factory=list)
 
 
 def _name(image: object) -> str:
@@ -34,27 +56,29 @@ def says_no(text: str) -> bool:
     return "No" in words or "not" in words or "no" in words
 
 
-def confusion(pairs: list[tuple[bool | None, bool]]) -> dict[str, float]:
-    """POPE's metrics from (predicted yes, or None when unanswered; labelled yes) pairs."""
-    tp = sum(1 for p, y in pairs if p is True and y)
-    fp = sum(1 for p, y in pairs if (p is True and not y) or (p is None and not y))
-    tn = sum(1 for p, y in pairs if p is False and not y)
-    fn = sum(1 for p, y in pairs if (p is False and y) or (p is None and y))
+def confusion(pairs: Iterable[tuple[bool | None, bool]] | Counter) -> dict[str, float]:
+    """POPE's metrics from (predicted yes, or None when unanswered; labelled yes) pairs, given
+    one by one or as a :class:`Counter` of them."""
+    counts = Counter(pairs)
+    tp, fp = counts[(True, True)], counts[(True, False)] + counts[(None, False)]
+    tn, fn = counts[(False, False)], counts[(False, True)] + counts[(None, True)]
+    n = sum(counts.values())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    answered = [p for p, _ in pairs if p is not None]
+    said_yes = counts[(True, True)] + counts[(True, False)]
+    answered = n - counts[(None, True)] - counts[(None, False)]
     return {
         "f1": 100 * f1,
-        "accuracy": 100 * (tp + tn) / len(pairs) if pairs else 0.0,
+        "accuracy": 100 * (tp + tn) / n if n else 0.0,
         "precision": 100 * precision,
         "recall": 100 * recall,
-        "yes_ratio": 100 * sum(answered) / len(answered) if answered else 0.0,
+        "yes_ratio": 100 * said_yes / answered if answered else 0.0,
         "tp": tp,
         "fp": fp,
         "tn": tn,
         "fn": fn,
-        "n": len(pairs),
+        "n": n,
     }
 
 
@@ -62,23 +86,21 @@ class Pope(Benchmark):
     name = "pope"
     title = "POPE"
     headline = "F1 (%), the mean of the adversarial, popular and random splits"
-    needs_questions_to_score = True
 
     def questions(self, staging: str) -> list[Question]:
-        rows = self.question_records()
-        ids = [r["question_id"] for r in rows]
-        if len(set(ids)) != len(ids):
-            raise InputError(f"pope questions {self.questions_url!r}: question ids repeat")
-        return [
-            Question(str(r["question_id"]), r["question_id"], r["text"], self.image_url(r["image"]))
-            for r in rows
-        ]
+        questions, seen = [], set()
+        for r in self.question_lines():
+            key = str(r["question_id"])
+            if key in seen:
+                raise InputError(
+                    f"pope questions {self.questions_url!r}: question id {key} repeats"
+                )
+            seen.add(key)
+            questions.append(Question(key, r["question_id"], r["text"], self.image_url(r["image"])))
+        return questions
 
-    def _labels(self) -> dict[str, list[dict]]:
-        return self.once("_labels", self._labels_read)
-
-    def _labels_read(self) -> dict[str, list[dict]]:
-        """The label lines of each split whose file ``annotations`` holds."""
+    def _label_urls(self) -> dict[str, str]:
+        """Each split's label file among ``annotations``."""
         urls = {}
         for location in self.files.annotations:
             names = self.files.listdir(location) if self.files.is_dir(location) else [None]
@@ -91,79 +113,98 @@ class Pope(Benchmark):
             raise MissingInput(
                 "pope: annotations holds no coco_pope_<split>.json label file (POPE's output/coco)"
             )
-        return {split: self.files.jsonl(url, "pope labels") for split, url in sorted(urls.items())}
+        return dict(sorted(urls.items()))
 
-    def _paired(self) -> dict[str, tuple[str, int, dict]]:
+    def _labels(self, url: str) -> Iterator[Label]:
+        for line in self.files.jsonl(url, "pope labels"):
+            yield Label(str(line.get("image")), str(line.get("text")), line.get("label") != "no")
+
+    def _paired(self) -> dict[str, Split]:
         return self.once("_paired", self._paired_read)
 
-    def _paired_read(self) -> dict[str, tuple[str, int, dict]]:
-        """Each question id -> (split, position, label line), checked to ask the same thing."""
-        labels = self._labels()
-        by_split: dict[str, list[dict]] = {}
-        for record in self.question_records():
-            by_split.setdefault(record.get("category"), []).append(record)
-        unknown = set(by_split) - set(labels)
-        if unknown:
-            raise InputError(
-                f"pope questions {self.questions_url!r} have categories {sorted(map(str, unknown))} "
-                f"with no label file among the annotations (splits: {sorted(labels)})"
-            )
-        pairs: dict[str, tuple[str, int, dict]] = {}
-        for split, questions in by_split.items():
-            lines = labels[split]
-            if len(questions) > len(lines):
+    def _paired_read(self) -> dict[str, Split]:
+        """Each split's label lines, each with the id of the question asked at its position of
+        the split (None: no question), checked to ask the same thing of the same image. The
+        question file and the label files are read side by side, a line at a time."""
+        urls = self._label_urls()
+        labels = {split: enumerate(self._labels(url)) for split, url in urls.items()}
+        splits = {split: Split() for split in urls}
+        seen: set[str] = set()
+        for question in self.question_lines():
+            split = question.get("category")
+            if split not in labels:
                 raise InputError(
-                    f"pope: {len(questions)} {split} questions but coco_pope_{split}.json has "
-                    f"{len(lines)} labels: not the label file of this question file"
+                    f"pope questions {self.questions_url!r} have category {str(split)!r}, with "
+                    f"no label file among the annotations (splits: {list(urls)})"
                 )
-            for position, (question, label) in enumerate(zip(questions, lines, strict=False)):
-                asked = str(question["text"]).split("\n")[0]  # the instruction follows
-                same_image = _name(label.get("image")) == _name(question["image"])
-                if not same_image or str(label.get("text")).split("\n")[0] != asked:
-                    raise InputError(
-                        f"pope: {split} question {position + 1} ({question['image']}: {asked!r}) "
-                        f"and coco_pope_{split}.json line {position + 1} ({label.get('image')}: "
-                        f"{label.get('text')!r}) differ; LLaVA pairs them by position, so the "
-                        "label file must be the version the question file was made from"
-                    )
-                pairs[str(question["question_id"])] = (split, position, label)
-        return pairs
+            position, label = next(labels[split], (len(splits[split].ids), None))
+            if label is None:
+                raise InputError(
+                    f"pope: more {split} questions than coco_pope_{split}.json's {position} "
+                    "labels: not the label file of this question file"
+                )
+            asked = str(question["text"]).split("\n")[0]  # the instruction follows
+            if _name(label.image) != _name(question["image"]) or label.text.split("\n")[0] != asked:
+                raise InputError(
+                    f"pope: {split} question {position + 1} ({question['image']}: {asked!r}) "
+                    f"and coco_pope_{split}.json line {position + 1} ({label.image}: "
+                    f"{label.text!r}) differ; LLaVA pairs them by position, so the label file "
+                    "must be the version the question file was made from"
+                )
+            qid = str(question["question_id"])
+            if qid in seen:
+                raise InputError(
+                    f"pope questions {self.questions_url!r}: question id {qid} repeats"
+                )
+            seen.add(qid)
+            splits[split].ids.append(qid)
+            splits[split].yes.append(label.yes)
+        for split, rest in labels.items():
+            for _, label in rest:
+                splits[split].ids.append(None)
+                splits[split].yes.append(label.yes)
+        return splits
 
     def check(self) -> None:
         self._paired()
 
     def score(self, answers: list[Answer], limit_to: list[Question] | None) -> Scored:
-        pairs = self._paired()
-        labels = self._labels()
-        by_id = matched(answers, lambda a: str(a.question_id), set(pairs), "pope")
+        splits = self._paired()
+        ids = {qid for split in splits.values() for qid in split.ids if qid is not None}
+        by_id = matched(answers, lambda a: str(a.question_id), ids, "pope")
+        del ids
         asked = {str(q.question_id) for q in limit_to} if limit_to is not None else None
-        universe = {
-            (split, position): label
-            for split, lines in labels.items()
-            for position, label in enumerate(lines)
-        }
-        position_of = {(s, p): qid for qid, (s, p, _) in pairs.items()}
-        if asked is not None:
-            universe = {k: v for k, v in universe.items() if position_of.get(k) in asked}
-        per_split: dict[str, list[tuple[bool | None, bool]]] = {}
-        items = []
-        for (split, position), label in universe.items():
-            answer = by_id.get(position_of.get((split, position)))
-            labelled_yes = label.get("label") != "no"
-            predicted = None if answer is None else not says_no(answer.text)
-            per_split.setdefault(split, []).append((predicted, labelled_yes))
-            items.append(
-                Item(
-                    question=str(label.get("text")),
-                    expected="yes" if labelled_yes else "no",
-                    prediction=None if answer is None else answer.text,
-                    score=float(predicted is not None and predicted == labelled_yes),
-                    category=split,
-                    image=self.image_url(str(label.get("image"))),
+        per_split: dict[str, Counter] = {}
+        items = Tally()
+        for name, split in splits.items():
+            for position, (qid, labelled_yes) in enumerate(zip(split.ids, split.yes, strict=True)):
+                if asked is not None and qid not in asked:
+                    continue
+                answer = by_id.get(qid)
+                predicted = None if answer is None else not says_no(answer.text)
+                per_split.setdefault(name, Counter())[(predicted, labelled_yes)] += 1
+                items.add(
+                    Item(
+                        question="",  # described below, for the items the report keeps
+                        expected="yes" if labelled_yes else "no",
+                        prediction=None if answer is None else answer.text,
+                        score=float(predicted is not None and predicted == labelled_yes),
+                        category=name,
+                        ref=(name, position),
+                    )
                 )
-            )
-        breakdown = {split: confusion(pairs) for split, pairs in sorted(per_split.items())}
+        items.describe(self._described)
+        breakdown = {split: confusion(counts) for split, counts in sorted(per_split.items())}
         keys = ("f1", "accuracy", "precision", "recall", "yes_ratio")
         metrics = {k: sum(b[k] for b in breakdown.values()) / len(breakdown) for k in keys}
-        unanswered = sum(1 for item in items if item.prediction is None)
-        return Scored(self.split, metrics["f1"], metrics, breakdown, items, unanswered)
+        return Scored(self.split, metrics["f1"], metrics, breakdown, items, items.unanswered)
+
+    def _described(self, refs: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:
+        """The question and image of these label lines, read again from their files."""
+        urls = self._label_urls()
+        found = {}
+        for split in sorted({split for split, _ in refs}):
+            for position, label in enumerate(self._labels(urls[split])):
+                if (split, position) in refs:
+                    found[(split, position)] = (label.text, self.image_url(label.image))
+        return found

@@ -23,9 +23,8 @@ from pipelines.eval.benchmarks.base import (
     Item,
     Question,
     Scored,
-    by_category,
+    Tally,
     matched,
-    percent,
 )
 
 LETTERS = ("A", "B", "C", "D", "E")
@@ -105,7 +104,7 @@ class ScienceQaImg(Benchmark):
         truth = self._truth(self.split)
         found = matched(answers, lambda a: str(a.question_id), set(truth), "sqa_img")
         asked = {q.key for q in limit_to} if limit_to is not None else None
-        items, with_image = [], []
+        items, with_image = Tally(), Tally(kept=0)
         for pid, problem in truth.items():
             if asked is not None and pid not in asked:
                 continue
@@ -121,16 +120,16 @@ class ScienceQaImg(Benchmark):
                 problem.get("subject"),
                 self.image_url(f"{pid}/{problem['image']}") if problem.get("image") else None,
             )
-            items.append(item)
+            items.add(item)
             if problem.get("image"):
-                with_image.append(item)
-        if not with_image:
+                with_image.add(item)
+        if not with_image.n:
             raise InputError("sqa_img: no problem of the split has an image")
         metrics = {
-            "img_accuracy": percent(i.score for i in with_image),
-            "accuracy": percent(i.score for i in items),
+            "img_accuracy": with_image.percent(),
+            "accuracy": items.percent(),
         }
-        unanswered = sum(1 for i in items if i.prediction is None)
+        breakdown = with_image.by_category()
         return Scored(
-            self.split, metrics["img_accuracy"], metrics, by_category(with_image), items, unanswered
+            self.split, metrics["img_accuracy"], metrics, breakdown, items, items.unanswered
         )

@@ -22,7 +22,7 @@ from pipelines.eval.benchmarks.base import (
     Item,
     Question,
     Scored,
-    percent,
+    Tally,
 )
 from pipelines.eval.vqa_accuracy import textvqa_accuracy
 
@@ -50,6 +50,7 @@ class TextVqa(Benchmark):
     name = "textvqa"
     title = "TextVQA"
     headline = "VQA accuracy (%) on the val questions"
+    reads_prompt = True
     default_split = "val"
 
     def questions(self, staging: str) -> list[Question]:
@@ -121,16 +122,14 @@ class TextVqa(Benchmark):
         assigned = self._assign(answers, truth)
         universe = [e for entries in truth.values() for e in entries]
         if limit_to is not None:
-            asked = [
-                Answer(q.question_id, "", {"prompt": q.prompt}, n) for n, q in enumerate(limit_to)
-            ]
+            asked = [Answer(q.question_id, "", q.prompt, None, n) for n, q in enumerate(limit_to)]
             chosen = self._assign(asked, truth)
             universe = [e for e in universe if id(e) in chosen]
-        items = []
+        items = Tally()
         for entry in universe:
             answer = assigned.get(id(entry))
             humans = [str(a) for a in entry["answers"]]
-            items.append(
+            items.add(
                 Item(
                     entry["question"],
                     " / ".join(humans),
@@ -140,6 +139,5 @@ class TextVqa(Benchmark):
                     self.image_url(f"{entry['image_id']}.jpg"),
                 )
             )
-        accuracy = percent(i.score for i in items)
-        unanswered = sum(1 for i in items if i.prediction is None)
-        return Scored(self.split, accuracy, {"accuracy": accuracy}, {}, items, unanswered)
+        accuracy = items.percent()
+        return Scored(self.split, accuracy, {"accuracy": accuracy}, {}, items, items.unanswered)

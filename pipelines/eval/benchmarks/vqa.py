@@ -22,9 +22,8 @@ from pipelines.eval.benchmarks.base import (
     Item,
     Question,
     Scored,
-    by_category,
+    Tally,
     matched,
-    percent,
 )
 from pipelines.eval.vqa_accuracy import evalai_answer, vizwiz_accuracy, vqa_accuracy
 from pipelines.storage import join
@@ -84,12 +83,12 @@ class _TenAnswers(Benchmark):
         truth = self._truth()
         found = matched(answers, lambda a: str(a.question_id), {str(k) for k in truth}, self.name)
         asked = {str(q.question_id) for q in limit_to} if limit_to is not None else None
-        items = []
+        items = Tally()
         for qid, entry in truth.items():
             if asked is not None and str(qid) not in asked:
                 continue
             answer = found.get(str(qid))
-            items.append(
+            items.add(
                 Item(
                     entry["question"],
                     " / ".join(entry["answers"]),
@@ -99,11 +98,10 @@ class _TenAnswers(Benchmark):
                     self.image_url(entry["image"]),
                 )
             )
-        breakdown = by_category(items)
-        metrics = {"accuracy": percent(i.score for i in items)}
+        breakdown = items.by_category()
+        metrics = {"accuracy": items.percent()}
         metrics |= {k: v["accuracy"] for k, v in breakdown.items()}
-        unanswered = sum(1 for i in items if i.prediction is None)
-        return Scored(self.split, metrics["accuracy"], metrics, breakdown, items, unanswered)
+        return Scored(self.split, metrics["accuracy"], metrics, breakdown, items, items.unanswered)
 
     def _submission(self, answers: list[Answer], limit_to: list[Question] | None) -> Scored:
         questions = limit_to if limit_to is not None else self.questions("")
@@ -114,7 +112,7 @@ class _TenAnswers(Benchmark):
         unanswered = sum(1 for q in questions if q.key not in by_id)
         name = f"{self.name}_{self.test_split}_submission.json"
         return Scored(
-            self.test_split, None, {}, {}, [], unanswered, (name, json.dumps(entries).encode())
+            self.test_split, None, {}, {}, Tally(), unanswered, (name, json.dumps(entries).encode())
         )
 
     def _upload_entry(self, question: Question, answer: Answer | None) -> dict[str, Any]:
