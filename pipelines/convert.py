@@ -47,11 +47,11 @@ def run(spec: ConvertSpec):
     """Converts; returns the written model's config."""
     import torch
 
-    from pipelines.storage import check_model_output
+    from pipelines.model_folder import check_output
     from stf_model.convert import convert_published_checkpoint
 
     inputs = [spec.source, *([spec.vision_tower] if spec.vision_tower else [])]
-    check_model_output(spec.output, inputs, StorageOptions())
+    check_output(spec.output, inputs, StorageOptions())
     return convert_published_checkpoint(
         spec.source,
         spec.output,

@@ -15,14 +15,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from pipelines.errors import MissingInput
+from pipelines.model_folder import check_output, local_base_folder
 from pipelines.spec import JobSpec, Location, StorageOptions
-from pipelines.storage import check_model_output, expand_inputs, join, local_copy, upload_dir
+from pipelines.storage import upload_dir
 
 log = logging.getLogger(__name__)
-
-# The small files of a Hugging Face model directory: configs, tokenizer, templates.
-SMALL_FILES = ("*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken")
 
 
 class InitSpec(JobSpec):
@@ -72,20 +69,6 @@ class InitSummary(BaseModel):
     parameters: int
 
 
-def _local_dir(url: str, storage: StorageOptions, what: str) -> str:
-    """A local copy of a model directory: configs, tokenizer and weights (safetensors when the
-    directory has them, else .bin)."""
-    try:
-        expand_inputs([join(url, "*.safetensors")], storage)
-        weights: tuple[str, ...] = ("*.safetensors",)
-    except MissingInput:
-        weights = ("*.bin",)
-    try:
-        return local_copy(url, storage, (*SMALL_FILES, *weights))
-    except MissingInput as err:
-        raise MissingInput(f"{what} {url}: {err}") from err
-
-
 def run(spec: InitSpec) -> InitSummary:
     """Loads the parts, assembles, writes the model directory and the resolved spec in it."""
     import torch
@@ -94,11 +77,11 @@ def run(spec: InitSpec) -> InitSummary:
     from stf_model.assemble import assemble, image_statistics, load_llm, load_tower
     from stf_model.chat_templates import llm_chat_template
 
-    check_model_output(spec.output, [spec.llm, spec.vision_tower], spec.storage)
+    check_output(spec.output, [spec.llm, spec.vision_tower], spec.storage)
     dtype = getattr(torch, spec.dtype)
-    llm, tokenizer = load_llm(_local_dir(spec.llm, spec.storage, "llm"), dtype)
+    llm, tokenizer = load_llm(local_base_folder(spec.llm, spec.storage, "llm"), dtype)
     tower, image_processor = load_tower(
-        _local_dir(spec.vision_tower, spec.storage, "vision_tower"), dtype
+        local_base_folder(spec.vision_tower, spec.storage, "vision_tower"), dtype
     )
     mean, std = image_statistics(image_processor, tower.config)
     fusion = dict(FUSION_PRESETS[spec.preset])

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from pipelines.errors import InputError, MissingInput
+from pipelines.errors import InputError
+from pipelines.model_folder import SMALL_FILES, local_model_folder
 from pipelines.spec import Device, Dtype, InferenceModel, StorageOptions
 from pipelines.storage import local_copy, read_json
 from stf_model import (
@@ -32,19 +33,6 @@ from stf_model.lora import check_base, load_adapter
 
 log = logging.getLogger(__name__)
 
-# What loading a model needs from its directory: weights as safetensors only (no pickles).
-MODEL_FILES = ("*.json", "*.safetensors", "*.jinja", "*.model", "*.txt")
-# Config and tokenizer only: a model directory may also hold many GB of weights.
-SMALL_FILES = ("*.json", "*.jinja", "*.model", "*.txt")
-
-
-def model_dir(ref: str, storage: StorageOptions, patterns: tuple[str, ...] = MODEL_FILES) -> str:
-    """The local directory of a model directory reference (S3 copied to the cache)."""
-    local = local_copy(ref, storage, patterns)
-    if not os.path.isfile(os.path.join(local, "config.json")):
-        raise MissingInput(f"{ref} is not a model directory (no config.json)")
-    return local
-
 
 def _tiny_only(ref: str) -> None:
     if ref != "tiny":
@@ -58,7 +46,7 @@ def load_config(ref: str, storage: StorageOptions, overrides: dict[str, Any] | N
     """The model's config, without weights: a preset (with ``overrides``) or a directory's."""
     if ref in PRESETS:
         return preset_config(ref, **(overrides or {}))
-    folder = model_dir(ref, storage, ("*.json",))
+    folder = local_model_folder(ref, storage, ("*.json",))
     model_type = (read_json(os.path.join(folder, "config.json"), storage) or {}).get("model_type")
     if model_type != STFConfig.model_type:
         raise InputError(
@@ -74,7 +62,7 @@ def load_tokenizer(ref: str, storage: StorageOptions) -> PreTrainedTokenizerBase
     if ref in PRESETS:
         _tiny_only(ref)
         return build_tiny_tokenizer()
-    return AutoTokenizer.from_pretrained(model_dir(ref, storage, SMALL_FILES))
+    return AutoTokenizer.from_pretrained(local_model_folder(ref, storage, SMALL_FILES))
 
 
 def load_model(
@@ -94,7 +82,7 @@ def load_model(
         _tiny_only(ref)
         model, tokenizer = build_tiny(seed=seed, **(overrides or {}))
         return (model.to(dtype) if dtype is not None else model), tokenizer
-    local = model_dir(ref, storage)
+    local = local_model_folder(ref, storage)
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     if quantization is not None:  # bitsandbytes quantizes as it places the weights
         kwargs.update(quantization_config=quantization, device_map={"": device or "cpu"})
@@ -122,7 +110,7 @@ def load_generator(options: InferenceModel, storage: StorageOptions) -> ChatGene
     """A model directory loaded onto its device, safetensors only, wrapped for batched chat
     generation (serve and infer); with ``options.adapter``, its LoRA adapter merged in, after
     checking that the adapter was trained from this directory."""
-    local = model_dir(options.path, storage)
+    local = local_model_folder(options.path, storage)
     adapter = None
     if options.adapter is not None:
         adapter = local_copy(options.adapter, storage, ("*.json", "*.safetensors"))

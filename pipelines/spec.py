@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from pipelines.errors import SpecError
+from stf_model.constants import PRESET_NAMES
 
 SpecT = TypeVar("SpecT", bound="JobSpec")
 
@@ -87,11 +88,6 @@ def absolute(url: str) -> str:
 
 def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
-
-
-# The model library's preset names (``stf_model.PRESETS``; a test keeps the two equal), named
-# here so that validating a spec does not import the library and its frameworks.
-PRESET_NAMES = ("tiny", "llava-stf-7b", "llava-1.5-7b")
 
 
 def _model_ref(value: str) -> str:

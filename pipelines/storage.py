@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import fsspec
 
-from pipelines.errors import InputError, MissingInput
+from pipelines.errors import MissingInput
 from pipelines.spec import StorageOptions, absolute
 
 
@@ -231,30 +231,6 @@ def upload_dir(local_dir: str, url: str, storage: StorageOptions) -> None:
     fs = filesystem(url, storage)
     fs.put(local_dir.rstrip("/") + "/", fs_path(url).rstrip("/") + "/", recursive=True)
     fs.invalidate_cache()
-
-
-def check_model_output(output: str, inputs: list[str], storage: StorageOptions) -> None:
-    """Refuses an ``output`` folder that writing a model would destroy: an input's folder, one
-    inside or around it (writing replaces the whole folder), or an existing folder holding
-    anything but a model directory of ours (``model_type: llava_stf``)."""
-    for source in inputs:
-        out, src = output.rstrip("/"), source.rstrip("/")
-        if not is_s3(out) and not is_s3(src):
-            out, src = os.path.realpath(out), os.path.realpath(src)
-        if out == src or src.startswith(out + "/") or out.startswith(src + "/"):
-            raise InputError(
-                f"output {output!r} is, holds or lies in the input {source!r}: writing it would "
-                "replace the input; name a new folder"
-            )
-    fs, path = filesystem(output, storage), fs_path(output).rstrip("/")
-    if not fs.exists(path) or (fs.isdir(path) and not fs.ls(path)):
-        return
-    config = read_json(join(output, "config.json"), storage) if fs.isdir(path) else None
-    if not isinstance(config, dict) or config.get("model_type") != "llava_stf":
-        raise InputError(
-            f"output {output!r} exists and is not a LLaVA-STF model directory: writing would "
-            "replace what it holds; name a new or empty folder"
-        )
 
 
 def read_json(url: str, storage: StorageOptions) -> Any | None:

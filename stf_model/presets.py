@@ -11,7 +11,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 
 from stf_model.config import STFConfig
-from stf_model.constants import PUBLISHED_MBTF_LAYERS, PUBLISHED_STF_WINDOW
+from stf_model.constants import PRESET_NAMES, PUBLISHED_MBTF_LAYERS, PUBLISHED_STF_WINDOW
 from stf_model.errors import ModelInputError
 from stf_model.modeling import STFForConditionalGeneration
 from stf_model.tokenizer import build_tiny_tokenizer
@@ -121,11 +121,9 @@ def _with_overrides(vision, text, fields: dict, overrides: dict) -> STFConfig:
     return STFConfig(vision_config=vision, text_config=text, **{**fields, **overrides})
 
 
-PRESETS: dict[str, Callable[..., STFConfig]] = {
-    "tiny": _tiny,
-    "llava-stf-7b": _llava_stf_7b,
-    "llava-1.5-7b": _llava_15_7b,
-}
+PRESETS: dict[str, Callable[..., STFConfig]] = dict(
+    zip(PRESET_NAMES, (_tiny, _llava_stf_7b, _llava_15_7b), strict=True)
+)
 
 
 def preset_config(name: str, **overrides: Any) -> STFConfig:

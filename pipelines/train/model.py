@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from pipelines.models import load_model, model_dir
+from pipelines.model_folder import local_model_folder
+from pipelines.models import load_model
 from pipelines.storage import join, upload_dir
 from pipelines.train.arithmetic import trainable_parts
 from pipelines.train.spec import TrainSpec
@@ -95,7 +96,7 @@ def export(module: torch.nn.Module, tokenizer, spec: TrainSpec) -> None:
     ``RUN/adapter`` (PEFT's adapter with the full modules and the base's fingerprint)."""
     if spec.lora is not None:
         with tempfile.TemporaryDirectory() as folder:
-            base = model_dir(spec.start_from, spec.storage)
+            base = local_model_folder(spec.start_from, spec.storage)
             save_adapter(module, folder, base, spec.start_from)
             upload_dir(folder, join(spec.run_dir, "adapter"), spec.storage)
             if spec.lora.quantize is None:

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from pipelines.spec import (
-    PRESET_NAMES,
     JobSpec,
     Location,
     Locations,
@@ -15,6 +14,7 @@ from pipelines.spec import (
     StorageOptions,
 )
 from pipelines.storage import join
+from stf_model.constants import PRESET_NAMES
 
 # LLaVA-1.5's learning rates per stage (docs/design.md, section 4).
 STAGE_LR = {"pretrain": 1e-3, "finetune": 2e-5}

@@ -121,3 +121,23 @@ def test_s3_keys_with_glob_characters_are_read_as_named(bucket):
     got = read_many(urls, bucket)
     assert got[urls[0]] == b"bracketed" and got[urls[1]] == b"star"  # not brack1.jpg's bytes
     assert isinstance(got[urls[2]], FileNotFoundError)
+
+
+def test_a_model_folder_on_s3_is_copied_with_the_files_each_use_needs(
+    bucket, tmp_path, monkeypatch
+):
+    """The tokenizer and config (a tiktoken file included) without the weights; the model with
+    its safetensors; never a pickle."""
+    import os
+
+    from pipelines.model_folder import MODEL_FILES, SMALL_FILES, local_model_folder
+
+    monkeypatch.setenv("STF_CACHE", str(tmp_path / "cache"))
+    fs = filesystem("s3://corpus-bucket", bucket)
+    names = ["config.json", "tokenizer.json", "qwen.tiktoken", "chat_template.jinja"]
+    for name in [*names, "model.safetensors", "pytorch_model.bin", "optimizer.pt"]:
+        fs.pipe_file(f"corpus-bucket/model/{name}", b"{}")
+    small = os.listdir(local_model_folder("s3://corpus-bucket/model", bucket, SMALL_FILES))
+    whole = os.listdir(local_model_folder("s3://corpus-bucket/model", bucket, MODEL_FILES))
+    assert sorted(small) == sorted([".complete", *names])
+    assert sorted(whole) == sorted([".complete", *names, "model.safetensors"])

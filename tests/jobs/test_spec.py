@@ -119,8 +119,8 @@ def test_reference_shows_an_optional_block_commented_out_with_every_key():
 
 
 def test_the_spec_layer_knows_the_library_presets():
-    from pipelines.spec import PRESET_NAMES
     from stf_model import PRESETS
+    from stf_model.constants import PRESET_NAMES
 
     assert tuple(PRESETS) == PRESET_NAMES
 
