@@ -9,6 +9,7 @@ quarantined -> commit the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -138,6 +139,11 @@ def _listed(output: str, storage: StorageOptions) -> set[str]:
 def _process(spec: PreprocessSpec, files: list[InputFile], model: ModelInputs) -> WriteTally:
     """The Ray Data pipeline; returns what the sink wrote and counted."""
     init_ray()
+    with _in_record_order():
+        return _pipeline(spec, files, model)
+
+
+def _pipeline(spec: PreprocessSpec, files: list[InputFile], model: ModelInputs) -> WriteTally:
     workers = spec.workers or max(1, int(cluster_cpus() / spec.cpus_per_worker))
     # Reading record text and writing Parquet are light next to decoding images; they reserve no
     # CPU so that a pool using every CPU cannot starve them (a deadlock on small machines).
@@ -164,6 +170,21 @@ def _process(spec: PreprocessSpec, files: list[InputFile], model: ModelInputs) -
         sink, ray_remote_args={"num_cpus": 0}, concurrency=max(1, workers // 2)
     )
     return sink.summary
+
+
+@contextlib.contextmanager
+def _in_record_order():
+    """Ray Data keeps the records' order through the pool (by default it hands batches on as
+    they finish): the shards, and the order training reads their rows in, are then a function of
+    the inputs and the spec, not of which worker finished first. Set for this job only (the
+    context is the process's; a dataset copies it when it is created)."""
+    context = ray.data.DataContext.get_current()
+    previous = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True
+    try:
+        yield
+    finally:
+        context.execution_options.preserve_order = previous
 
 
 def _failures(spec: PreprocessSpec, per_file: dict[str, FileCounts], tally: WriteTally) -> list:

@@ -227,6 +227,29 @@ def test_rerun_skips_and_overwrite_rebuilds_without_duplicates(corpus, tmp_path)
     assert not changed.skipped and changed.fingerprint != first.fingerprint
 
 
+def test_the_shards_keep_the_records_order_run_after_run(tmp_path):
+    """Two workers and small batches finish out of order; the shards hold the rows in the
+    inputs' order all the same, so the data training sees is a function of the spec."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, n=300, seed=0, n_eval=10)
+    spec = PreprocessSpec(
+        inputs=[str(corpus / "finetune.jsonl"), str(corpus / "pretrain.json")],
+        output=str(tmp_path / "a"),
+        workers=2,
+        batch_size=3,
+        rows_per_shard=16,
+    )
+    first = run(spec)
+    second = run(spec.model_copy(update={"output": str(tmp_path / "b")}))
+    _, rows_a = read_rows(tmp_path / "a")
+    _, rows_b = read_rows(tmp_path / "b")
+    lines = (corpus / "finetune.jsonl").read_text().splitlines()
+    records = [json.loads(line)["id"] for line in lines]
+    records += [r["id"] for r in json.loads((corpus / "pretrain.json").read_text())]
+    assert [r["id"] for r in rows_a] == [r["id"] for r in rows_b] == records
+    assert [s.rows for s in first.shards] == [s.rows for s in second.shards]
+
+
 def test_a_same_size_edit_of_an_input_changes_the_run_fingerprint(corpus, tmp_path):
     """A re-run is skipped only on the same fingerprint (test above); an edit that keeps the
     file's size ('Cats' -> 'Dogs') must change it."""
