@@ -1,4 +1,4 @@
-"""Re-takes the README's pictures after ``make demo``: the chat page of the demo's model (served
+"""Re-takes the docs' pictures after ``make demo``: the chat page of the demo's model (served
 as ``make serve`` serves it, on a free port) answering two questions about a held-out image, and the
 demo's ``report.html``. Both in headless Chromium, as the browser tests drive it.
 

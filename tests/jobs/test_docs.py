@@ -1,6 +1,8 @@
-"""What the README and `make demo` tell a user: the spec references are generated from the pydantic
-models and must be current; the demo ends by saying what to open next."""
+"""What the README, the job pages and `make demo` tell a user: the spec references are generated
+from the pydantic models and must be current; the README stays a five-minute read that links
+every job's page; the demo ends by saying what to open next."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_spec_references_are_current():
+def test_spec_references_are_current():
     done = subprocess.run(
-        [sys.executable, "docs/update_readme.py", "--check"],
+        [sys.executable, "docs/update_spec_references.py", "--check"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -18,12 +20,39 @@ def test_readme_spec_references_are_current():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_every_job_has_a_reference_block():
+def test_every_job_has_a_page_with_its_reference_and_the_readme_links_it():
     from pipelines.jobs import JOBS
 
-    text = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    pages = "".join(p.read_text() for p in (ROOT / "docs" / "jobs").glob("*.md"))
     for job in JOBS:
-        assert f"<!-- spec-reference: {job} -->" in text, job
+        assert f"<!-- spec-reference: {job} -->" in pages, job
+        page = "eval" if job == "eval-suite" else job
+        assert f"(docs/jobs/{page}.md)" in readme, job
+
+
+def test_the_readmes_minimal_specs_are_valid_specs():
+    """Each YAML block in a job's section of the README validates as that job's spec."""
+    import yaml
+
+    from pipelines.jobs import spec_class
+
+    readme = (ROOT / "README.md").read_text()
+    checked = []
+    for section in readme.split("\n### ")[1:]:
+        job = re.search(r"`stf ([\w-]+)`", section.splitlines()[0]).group(1)
+        for block in re.findall(r"```yaml\n(.*?)```", section, re.S):
+            spec_class(job).model_validate(yaml.safe_load(block))
+            checked.append(job)
+    assert set(checked) == {"init", "preprocess", "train", "serve", "infer", "eval"}
+
+
+def test_the_readme_is_short_and_its_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    for markdown in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", markdown.read_text()):
+            assert (markdown.parent / target).exists(), f"{markdown.relative_to(ROOT)}: {target}"
 
 
 def test_make_demo_ends_with_the_report_and_the_chat_page(tmp_path):

@@ -1,10 +1,11 @@
-"""Regenerates the spec references in README.md from the pydantic models, so they cannot drift.
+"""Regenerates the spec references in the job pages (``docs/jobs/*.md``) from the pydantic models,
+so they cannot drift.
 
-Each job section holds a block between ``<!-- spec-reference: JOB -->`` and
+Each job's page holds a block between ``<!-- spec-reference: JOB -->`` and
 ``<!-- /spec-reference -->``; this fills it with ``stf spec JOB``'s output.
 
-    python docs/update_readme.py          # rewrite README.md
-    python docs/update_readme.py --check  # exit 1 if README.md is out of date (the tests run this)
+    python docs/update_spec_references.py          # rewrite the pages
+    python docs/update_spec_references.py --check  # exit 1 if one is out of date (the tests run this)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGES = sorted((Path(__file__).resolve().parent / "jobs").glob("*.md"))
 BLOCK = re.compile(r"(<!-- spec-reference: ([\w-]+) -->\n)(.*?)(<!-- /spec-reference -->)", re.S)
 
 
@@ -36,14 +37,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    text = README.read_text()
-    new = render(text)
-    if args.check:
+    stale = []
+    for page in PAGES:
+        text = page.read_text()
+        new = render(text)
         if new != text:
-            print("README.md spec references are stale: run python docs/update_readme.py")
-            return 1
-        return 0
-    README.write_text(new)
+            stale.append(page.name)
+            if not args.check:
+                page.write_text(new)
+    if args.check and stale:
+        print(
+            f"stale spec references in docs/jobs/ {stale}: run python docs/update_spec_references.py"
+        )
+        return 1
     return 0
 
 
