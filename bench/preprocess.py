@@ -30,7 +30,7 @@ from pipelines.preprocess.processor import RecordProcessor
 from pipelines.ray_env import start_local_ray
 from pipelines.shards import SHARD_SCHEMA
 from pipelines.storage import read_many
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 from stf_model import build_tiny_tokenizer, preset_config
 
 

@@ -79,7 +79,7 @@ def main() -> None:
 
     from pipelines.models import load_generator
     from pipelines.serve import ServeSpec
-    from pipelines.serve.builders import run
+    from pipelines.serve.job import run
     from pipelines.spec import InferenceModel, StorageOptions
     from stf_model import build_tiny, save_model_dir
     from stf_model.generation import ChatPrompt, SamplingParams

@@ -101,9 +101,9 @@ def train_demo_models(args: argparse.Namespace, work: str) -> dict[str, str]:
     from pipelines.preprocess import PreprocessSpec
     from pipelines.preprocess.job import run as preprocess
     from pipelines.spec import load_spec
-    from pipelines.synth import write_corpus
+    from pipelines.synth.corpus import write_corpus
     from pipelines.train import TrainSpec
-    from pipelines.train.driver import run as train
+    from pipelines.train.job import run as train
 
     corpus = f"{work}/corpus"
     if not os.path.exists(f"{corpus}/synth.json"):

@@ -31,9 +31,9 @@ from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
 from pipelines.ray_env import start_local_ray
 from pipelines.shards import read_manifest, shard_urls
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
-from pipelines.train.driver import run as train
+from pipelines.train.job import run as train
 from pipelines.train.model import build_model
 from stf_model.collate import collate, length_grouped_batches
 

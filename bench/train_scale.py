@@ -33,10 +33,10 @@ from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
 from pipelines.ray_env import start_local_ray
 from pipelines.shards import read_manifest, shard_urls
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
 from pipelines.train.arithmetic import memory_estimate
-from pipelines.train.driver import run as train
+from pipelines.train.job import run as train
 from stf_model import STFConfig, STFForConditionalGeneration, build_tiny_tokenizer, save_model_dir
 from stf_model.collate import collate, length_grouped_batches
 

@@ -33,7 +33,7 @@ def main() -> None:
     from ray import serve
 
     from pipelines.ray_env import start_local_ray
-    from pipelines.serve.builders import run
+    from pipelines.serve.job import run
     from pipelines.serve.spec import ServeSpec
     from pipelines.spec import load_spec
 

@@ -21,8 +21,8 @@ class Job:
 
 JOBS: dict[str, Job] = {
     "init": Job(
-        "pipelines.init:InitSpec",
-        "pipelines.init",
+        "pipelines.init.spec:InitSpec",
+        "pipelines.init.job",
         "assemble a LLaVA-STF model directory from a base LLM and a CLIP or SigLIP tower",
     ),
     "preprocess": Job(
@@ -32,12 +32,12 @@ JOBS: dict[str, Job] = {
     ),
     "train": Job(
         "pipelines.train.spec:TrainSpec",
-        "pipelines.train.driver",
+        "pipelines.train.job",
         "train one stage with Ray Train + DeepSpeed ZeRO-1/2 (resumes by name)",
     ),
     "serve": Job(
         "pipelines.serve.spec:ServeSpec",
-        "pipelines.serve.builders",
+        "pipelines.serve.job",
         "serve a model directory with an OpenAI-compatible API (Ray Serve; Ctrl-C stops)",
     ),
     "infer": Job(
@@ -56,13 +56,13 @@ JOBS: dict[str, Job] = {
         "several benchmarks and models -> one table in the papers' shape, published rows beside",
     ),
     "synth": Job(
-        "pipelines.synth:SynthSpec",
-        "pipelines.synth",
+        "pipelines.synth.spec:SynthSpec",
+        "pipelines.synth.job",
         "write the synthetic shapes corpus (the demo's and the tests' data)",
     ),
     "convert": Job(
-        "pipelines.convert:ConvertSpec",
-        "pipelines.convert",
+        "pipelines.convert.spec:ConvertSpec",
+        "pipelines.convert.job",
         "convert a published LLaVA-STF checkpoint into a model directory",
     ),
 }

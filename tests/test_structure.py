@@ -155,6 +155,9 @@ def loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
         ("infer", ("ray.data", "torch", "transformers")),
         ("eval", ("ray", "torch", "transformers", "PIL", "pandas")),
         ("eval-suite", ("ray", "torch", "transformers", "PIL", "pandas")),
+        ("init", ("ray", "torch", "transformers")),
+        ("synth", ("ray", "torch", "transformers", "PIL")),
+        ("convert", ("ray", "torch", "transformers")),
     ],
 )
 def test_loading_a_spec_imports_no_framework(job, forbidden):
@@ -166,6 +169,9 @@ def test_loading_a_spec_imports_no_framework(job, forbidden):
         "infer": "model: {path: /m}\ninputs: [/i]\noutput: /o",
         "eval": "benchmark: pope\nmodel: {path: /m}\nquestions: /q\nannotations: /c\noutput: /o",
         "eval-suite": "models: [{path: /m}]\nbenchmarks: {mme: {annotations: /a}}\noutput: /o",
+        "init": "llm: /l\nvision_tower: /t\noutput: /o",
+        "synth": "output: /o",
+        "convert": "source: /s\noutput: /o",
     }[job]
     code = (
         "import yaml\n"
@@ -174,6 +180,25 @@ def test_loading_a_spec_imports_no_framework(job, forbidden):
     )
     loaded = loaded_after(code, forbidden)
     assert loaded == [], f"loading the {job} spec imported {loaded}"
+
+
+def test_every_job_is_a_package_of_a_spec_and_the_module_that_runs_it():
+    """`pipelines/JOB/spec.py` (the pydantic spec) and `pipelines/JOB/job.py` (``run`` and
+    ``summary_line``); eval-suite is the eval package's second job, run by its `suite` module."""
+    import importlib
+
+    from pipelines.jobs import JOBS
+
+    for name, job in JOBS.items():
+        module, _ = job.spec.split(":")
+        package = module.rsplit(".", 1)[0]
+        assert module == f"{package}.spec", name
+        assert job.runner == f"{package}.{'suite' if name == 'eval-suite' else 'job'}", name
+        runner = importlib.import_module(job.runner)
+        assert callable(runner.run) and callable(runner.summary_line), name
+    packages = [p for p in (ROOT / "pipelines").iterdir() if (p / "__init__.py").exists()]
+    for package in packages:
+        assert "__getattr__" not in (package / "__init__.py").read_text(), package.name
 
 
 @pytest.mark.parametrize(

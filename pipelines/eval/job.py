@@ -23,7 +23,7 @@ from pipelines.eval.report import EvalReport, Example
 from pipelines.eval.spec import EvalSpec
 from pipelines.infer.spec import InferSpec
 from pipelines.storage import filesystem, fs_path, join, write_bytes, write_text
-from pipelines.synth import CorpusInfo
+from pipelines.synth.corpus import CorpusInfo
 
 EXAMPLES = 5  # in report.json; report.html shows up to 200
 CHART_KEYS = ("score", "f1", "accuracy")  # the breakdown's main value, as report.html's chart

@@ -6,18 +6,9 @@
 - :mod:`~pipelines.preprocess.sink`: the shard and quarantine writer with its tally.
 - :mod:`~pipelines.preprocess.job`: the driver (skip, run, account, commit the manifest).
 
-``run`` and ``PreprocessFailed`` are imported from the driver on first use, so loading the spec
-does not import Ray.
+Loading this package loads the spec alone (no Ray); the driver is :mod:`pipelines.preprocess.job`.
 """
 
 from pipelines.preprocess.spec import PreprocessSpec
 
-__all__ = ["PreprocessFailed", "PreprocessSpec", "run"]
-
-
-def __getattr__(name: str):
-    if name in ("run", "PreprocessFailed"):
-        from pipelines.preprocess import job
-
-        return getattr(job, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["PreprocessSpec"]

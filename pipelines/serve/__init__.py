@@ -7,21 +7,12 @@ directory. Its concerns, as Ray Serve LLM keeps them apart:
   size, schema, images, template, context), runnable without a replica;
 - :mod:`~pipelines.serve.app`: the FastAPI ingress and the Serve deployment (batching, streaming);
 - :mod:`~pipelines.serve.page`: the chat page at ``/`` (files in ``ui/``, sent as one page);
-- :mod:`~pipelines.serve.builders`: the application builders and ``stf serve``'s runner.
+- :mod:`~pipelines.serve.job`: the application builders and ``stf serve``'s ``run``.
 
-``app_builder`` is the entry RayService and Serve config files name
-(``pipelines.serve:app_builder``); it, ``build_app`` and ``run`` come from the builders on first
-use, so importing this package (and its spec) does not import Serve.
+``pipelines.serve.job:app_builder`` is the entry RayService and Serve config files name. Loading
+this package loads the spec alone (no Serve, no FastAPI).
 """
 
 from pipelines.serve.spec import ServeSpec
 
-__all__ = ["ServeSpec", "app_builder", "build_app", "run"]
-
-
-def __getattr__(name: str):
-    if name in ("app_builder", "build_app", "run"):
-        from pipelines.serve import builders
-
-        return getattr(builders, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["ServeSpec"]

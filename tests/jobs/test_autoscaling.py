@@ -115,7 +115,7 @@ def cluster():
 def shards(cluster, tmp_path_factory):
     from pipelines.preprocess import PreprocessSpec
     from pipelines.preprocess.job import run as preprocess
-    from pipelines.synth import write_corpus
+    from pipelines.synth.corpus import write_corpus
 
     root = tmp_path_factory.mktemp("autoscaling")
     write_corpus(root / "corpus", n=24, seed=5, n_eval=0)
@@ -155,7 +155,7 @@ def _losses(spec) -> dict[int, str]:
 @pytest.fixture(scope="module")
 def uninterrupted(cluster, shards):
     """One run that nothing interrupts: the scale-up test's run and the removal test's reference."""
-    from pipelines.train.driver import run as train
+    from pipelines.train.job import run as train
 
     spec = _spec(shards, "scaled")
     return spec, train(spec)
@@ -220,7 +220,7 @@ def test_a_worker_node_removed_mid_run_is_replaced_and_the_run_finishes(
     both workers from the checkpoint, one of them on a node that ran no training worker before
     (one the autoscaler adds), and the run reaches its planned steps with the losses of the run
     nothing interrupted, step for step."""
-    from pipelines.train.driver import run as train
+    from pipelines.train.job import run as train
 
     gcs_address = cluster.get_runtime_context().gcs_address
     spec = _spec(shards, "node-lost")

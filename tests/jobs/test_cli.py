@@ -97,10 +97,10 @@ def test_a_bug_in_a_real_run_exits_with_a_traceback(tmp_path):
     """As a user sees it: a ValueError from deep inside a job is not dressed as a user error."""
     code = (
         "import sys\n"
-        "from pipelines import cli, synth\n"
-        "def broken(spec): raise ValueError('inside a library')\n"
-        "synth.write_corpus = broken\n"
-        "synth.run = broken\n"
+        "from pipelines import cli\n"
+        "from pipelines.synth import job\n"
+        "def broken(*args, **kwargs): raise ValueError('inside a library')\n"
+        "job.write_corpus = broken\n"
         f"sys.exit(cli.main(['synth', '--set', 'output={tmp_path}']))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -114,12 +114,13 @@ def test_rayjob_runs_stf_train_and_shuts_down():
 def test_rayservice_application_is_our_serve_app_and_valid_for_ray_serve():
     from ray.serve.schema import ServeDeploySchema
 
-    from pipelines.serve import ServeSpec, app_builder
+    from pipelines.serve.job import app_builder
+    from pipelines.serve.spec import ServeSpec
 
     config = yaml.safe_load(manifest("rayservice.yaml")["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(config)  # Ray Serve's own schema
     (app,) = config["applications"]
-    assert app["import_path"] == "pipelines.serve:app_builder"
+    assert app["import_path"] == "pipelines.serve.job:app_builder"
     spec = ServeSpec.model_validate(app["args"])
     assert spec.deployment.num_gpus == 1 and spec.deployment.autoscaling_config["min_replicas"] >= 1
     application = app_builder(app["args"])  # builds the bound deployment without a cluster

@@ -15,7 +15,7 @@ from report_page import read_page
 from pipelines.eval.job import run, summary_line
 from pipelines.eval.report import EvalReport
 from pipelines.eval.spec import EvalSpec
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 GENERATION = {"max_new_tokens": 3, "batch_size": 8}

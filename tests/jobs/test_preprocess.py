@@ -24,7 +24,7 @@ from pipelines.preprocess.processor import load_model_inputs
 from pipelines.preprocess.source import RAW_SCHEMA, iter_raw_records
 from pipelines.shards import read_manifest, shard_urls
 from pipelines.spec import StorageOptions
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 from stf_model import build_image_processor, build_tiny_tokenizer, get_chat_template, preset_config
 from stf_model.processing import decode_image, image_to_uint8
 from stf_model.records import parse_record, tokenize_conversation

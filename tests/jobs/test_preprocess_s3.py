@@ -11,7 +11,7 @@ from pipelines.preprocess.job import run
 from pipelines.shards import read_manifest, shard_urls
 from pipelines.spec import StorageOptions
 from pipelines.storage import filesystem, fs_path
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 from stf_model import build_tiny, save_model_dir
 
 pytestmark = pytest.mark.usefixtures("ray_local")

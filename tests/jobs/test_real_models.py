@@ -16,13 +16,13 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
 
 from pipelines.cli import main
-from pipelines.init import InitSpec
-from pipelines.init import run as init
+from pipelines.init.job import run as init
+from pipelines.init.spec import InitSpec
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
-from pipelines.train.driver import run as train
+from pipelines.train.job import run as train
 from stf_model import STFForConditionalGeneration, load_model_dir
 
 TEXTS = ["What color is the shape at the top left?", "two shapes: a red circle! é 😀"]
@@ -191,7 +191,7 @@ def serve_and_ask(model_dir: str) -> str:
     from ray import serve
 
     from pipelines.serve import ServeSpec
-    from pipelines.serve.builders import run as serve_run
+    from pipelines.serve.job import run as serve_run
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

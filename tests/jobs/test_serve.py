@@ -89,7 +89,7 @@ def server(ray_local, model_dir):
     from ray import serve
 
     from pipelines.serve import ServeSpec
-    from pipelines.serve.builders import run
+    from pipelines.serve.job import run
 
     spec = ServeSpec.model_validate(
         {

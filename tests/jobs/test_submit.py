@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 
 # A second Ray cluster (a `ray start --head` with the Jobs API) and three submitted jobs: about
 # 2.5 minutes, so these run with the slow tests (`make test-slow`, and CI's `.ci/run`).

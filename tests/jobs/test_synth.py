@@ -5,7 +5,7 @@ from collections import Counter
 
 from PIL import Image
 
-from pipelines.synth import ANSWERS, COLORS, write_corpus
+from pipelines.synth.corpus import ANSWERS, COLORS, write_corpus
 from stf_model.records import parse_record
 
 

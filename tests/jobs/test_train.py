@@ -21,9 +21,9 @@ from run_metrics import losses_by_step, metrics_rows
 
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
-from pipelines.train.driver import run
+from pipelines.train.job import run
 from pipelines.train.model import build_model
 from stf_model import STFForConditionalGeneration, load_model_dir
 from stf_model.collate import collate

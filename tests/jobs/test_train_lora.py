@@ -22,9 +22,9 @@ from pipelines.errors import SpecError
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
 from pipelines.spec import load_spec
-from pipelines.synth import write_corpus
+from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
-from pipelines.train.driver import run
+from pipelines.train.job import run
 from stf_model import load_model_dir
 from stf_model.errors import ModelInputError
 

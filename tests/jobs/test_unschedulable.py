@@ -17,10 +17,10 @@ from pipelines.infer.job import run as run_infer
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
 from pipelines.serve import ServeSpec
-from pipelines.serve.builders import run as run_serve
-from pipelines.synth import write_corpus
+from pipelines.serve.job import run as run_serve
+from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
-from pipelines.train.driver import run as run_train
+from pipelines.train.job import run as run_train
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

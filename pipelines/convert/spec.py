@@ -1,6 +1,4 @@
-"""``stf convert``: a checkpoint in the published LLaVA-STF layout -> our model directory, with
-the same spec / ``--set`` form as every job (local directories; see docs/design.md section 3 for
-the layout it reads)."""
+"""``stf convert``'s spec (no torch)."""
 
 from __future__ import annotations
 
@@ -8,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pipelines.spec import JobSpec, Location, StorageOptions
+from pipelines.spec import JobSpec, Location
 
 
 class ConvertSpec(JobSpec):
@@ -41,30 +39,3 @@ class ConvertSpec(JobSpec):
         if value is not None and value.startswith("s3://"):
             raise ValueError("convert reads and writes local directories; copy from S3 first")
         return value
-
-
-def run(spec: ConvertSpec):
-    """Converts; returns the written model's config."""
-    import torch
-
-    from pipelines.model_folder import check_output
-    from stf_model.convert import convert_published_checkpoint
-
-    inputs = [spec.source, *([spec.vision_tower] if spec.vision_tower else [])]
-    check_output(spec.output, inputs, StorageOptions())
-    return convert_published_checkpoint(
-        spec.source,
-        spec.output,
-        vision_tower=spec.vision_tower,
-        blocks=spec.blocks,
-        window=spec.window,
-        dtype=getattr(torch, spec.dtype) if spec.dtype else None,
-        chat_template=spec.chat_template,
-    )
-
-
-def summary_line(spec: ConvertSpec, config) -> str:
-    return (
-        f"wrote {spec.output}: blocks {config.feature_layers}, window {config.stf_window}, "
-        f"{config.num_image_tokens} vision tokens per image"
-    )

@@ -1,17 +1,5 @@
-"""A synthetic LLaVA-format corpus that a tiny model can learn: coloured shapes in quadrants.
-
-``stf synth --set output=DIR`` writes real JPEGs and three LLaVA files:
-
-- ``pretrain.json`` (a JSON list, like LCS-558K): one caption per training image;
-- ``finetune.jsonl``: multi-turn short-answer questions about the training images, plus some
-  text-only records (as in mix665k);
-- ``eval.jsonl``: one question per held-out image with its ground-truth answer and type
-  (``question_id``, ``image``, ``text``, ``answer``, ``question_type``), LLaVA's question-file shape.
-
-``synth.json`` records the answer sets and two baselines on the eval split: uniform chance and
-always answering the most common training answer of the question's type. A trained model must beat
-both by a clear margin.
-"""
+"""The synthetic corpus itself: scenes of coloured shapes, their captions and questions, the files
+``write_corpus`` writes, and ``synth.json`` (:class:`CorpusInfo`) with the eval split's baselines."""
 
 from __future__ import annotations
 
@@ -24,10 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 from PIL import Image, ImageDraw
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.documents import Document
-from pipelines.spec import JobSpec, Location, StorageOptions
+from pipelines.spec import StorageOptions
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -148,24 +136,6 @@ def _with_image(text: str, rng: random.Random) -> str:
     return f"<image>\n{text}" if rng.random() < 0.5 else f"{text}\n<image>"
 
 
-class SynthSpec(JobSpec):
-    """Writes the synthetic shapes corpus (the demo's and the tests' data)."""
-
-    output: Location = Field(description="output directory (local)")
-    n: PositiveInt = Field(1000, description="training images")
-    n_eval: int | None = Field(None, ge=0, description="held-out questions (default n/5, >= 20)")
-    seed: int = 0
-    width: int = Field(96, ge=16, description="image width in pixels")
-    height: int = Field(72, ge=16, description="image height in pixels")
-
-    @field_validator("output")
-    @classmethod
-    def _local(cls, value: str) -> str:
-        if value.startswith("s3://"):
-            raise ValueError("the synthetic corpus is written to a local folder; upload it after")
-        return value
-
-
 class Baselines(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -190,27 +160,6 @@ class CorpusInfo(Document):
     records: dict[str, int]
     answers: dict[str, list[str]]
     baselines: Baselines
-
-
-def run(spec: SynthSpec) -> CorpusInfo:
-    """Writes the corpus a spec describes."""
-    return write_corpus(
-        spec.output,
-        n=spec.n,
-        seed=spec.seed,
-        width=spec.width,
-        height=spec.height,
-        n_eval=spec.n_eval,
-    )
-
-
-def summary_line(spec: SynthSpec, info: CorpusInfo) -> str:
-    r, b = info.records, info.baselines
-    return (
-        f"synth {spec.output}: {r['pretrain']} captions (pretrain.json), {r['finetune']} "
-        f"conversations (finetune.jsonl), {r['eval']} eval questions (eval.jsonl); "
-        f"eval baselines: chance {b.chance:.1%}, majority answer {b.majority:.1%}"
-    )
 
 
 def write_corpus(

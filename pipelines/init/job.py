@@ -1,58 +1,18 @@
-"""``stf init``: a LLaVA-STF model directory assembled from a base LLM and a vision tower, the
-start of stage 1 (the projector trains from scratch on top of the pretrained parts).
-
-The LLM directory (Vicuna, Llama 3, Qwen2, Mistral, ...) and the tower directory (a full CLIP or
-SigLIP release, or its vision half) may be local or on S3; the written directory is what every
-other job takes as ``model``.
-"""
+"""``stf init``: loads the base LLM and the tower, assembles them and writes the model folder."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict
 
+from pipelines.init.spec import InitSpec
 from pipelines.model_folder import check_output, local_base_folder
-from pipelines.spec import JobSpec, Location, StorageOptions
 from pipelines.storage import upload_dir
 
 log = logging.getLogger(__name__)
-
-
-class InitSpec(JobSpec):
-    """Assembles a LLaVA-STF model directory from a base LLM and a vision tower."""
-
-    llm: Location = Field(
-        description="Hugging Face causal-LM directory (local or s3://): config, safetensors "
-        "(.bin through weights_only loading), tokenizer files"
-    )
-    vision_tower: Location = Field(
-        description="CLIP or SigLIP directory (local or s3://): a full CLIPModel / SiglipModel "
-        "release or its vision model, with preprocessor_config.json"
-    )
-    output: Location = Field(description="the model directory to write (local or s3://)")
-    preset: Literal["llava-stf-7b", "llava-1.5-7b"] = Field(
-        "llava-stf-7b",
-        description="fusion settings: llava-stf-7b = window 2 over the published blocks, "
-        "llava-1.5-7b = window 1, block -2",
-    )
-    stf_window: PositiveInt | None = Field(None, description="overrides the preset's window")
-    vision_feature_layer: int | list[int] | None = Field(
-        None, description="overrides the preset's blocks (hidden-state indices, deepest first)"
-    )
-    template: Literal["vicuna_v1", "plain", "llm"] = Field(
-        "vicuna_v1",
-        description="chat template: vicuna_v1, plain, or llm (the LLM's own format, ChatML or "
-        "Llama 3, with generation markers)",
-    )
-    dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="dtype of the written weights"
-    )
-    seed: int = Field(0, description="initialisation of MBTF and the projector")
-    storage: StorageOptions = Field(default_factory=StorageOptions)
 
 
 class InitSummary(BaseModel):

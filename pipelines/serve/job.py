@@ -1,5 +1,5 @@
 """Building and running the serve application: for ``stf serve``, for Serve config files and for
-KubeRay's RayService (``import_path: pipelines.serve:app_builder`` with the spec as ``args``)."""
+KubeRay's RayService (``import_path: pipelines.serve.job:app_builder`` with the spec as ``args``)."""
 
 from __future__ import annotations
 
