@@ -213,3 +213,14 @@ def test_drivers_and_preprocessing_actors_import_no_torch(module):
     model may pay that."""
     loaded = loaded_after(f"import {module}\n", ("torch", "transformers.modeling_utils"))
     assert loaded == [], f"importing {module} imported {loaded}"
+
+
+def test_the_model_library_imports_no_ray_deepspeed_or_pipelines():
+    """Every module of ``stf_model``, imported: the library stands alone (transformers may still
+    import DeepSpeed by itself when it loads a model, outside our modules)."""
+    modules = sorted(
+        f"stf_model.{p.stem}" for p in (ROOT / "stf_model").glob("*.py") if p.stem != "__init__"
+    )
+    code = "".join(f"import {m}\n" for m in modules)
+    loaded = loaded_after(code, ("ray", "deepspeed", "pipelines"))
+    assert loaded == [], f"importing the model library imported {loaded}"
