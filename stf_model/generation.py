@@ -53,7 +53,7 @@ class ChatPrompt:
     """One request: its rendered prompt (one ``<image>`` per image), images and sampling.
     ``stream=False`` reports its text once, when it finishes, instead of token by token."""
 
-    text: str
+    text: Rendered | str  # a plain str is trusted whole (a prompt built in code)
     images: list[Image.Image] = field(default_factory=list)
     params: SamplingParams = field(default_factory=SamplingParams)
     stream: bool = True
@@ -243,8 +243,8 @@ class ChatGenerator:
         Raises ModelInputError when the placeholders left do not match the prompt's images.
         """
         image_id = self.model.config.image_token_id
-        spans = getattr(prompt.text, "user_spans", ())
-        ids = literal_token_ids(self.tokenizer, str(prompt.text), spans).ids
+        rendered = prompt.text if isinstance(prompt.text, Rendered) else Rendered(prompt.text)
+        ids = literal_token_ids(self.tokenizer, rendered.text, rendered.user_spans).ids
         placeholders = ids.count(image_id)
         if placeholders != len(prompt.images):
             raise ModelInputError(

@@ -272,7 +272,7 @@ def _literal_user_text(
     rendered = render_marking_user_text(
         tokenizer, list(messages), chat_template=chat_template, add_generation_prompt=False
     )
-    tokens = literal_token_ids(tokenizer, rendered, rendered.user_spans, keep={image_token_id})
+    tokens = literal_token_ids(tokenizer, rendered.text, rendered.user_spans, keep={image_token_id})
     if tokens.plain != ids:  # the template tokenised differently: keep its ids unchanged
         return ids, mask
     return tokens.ids, [mask[i] for i in tokens.origin]

@@ -16,26 +16,33 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 
-class Rendered(str):
-    """A rendered prompt that knows where the client's own text sits in it (character spans).
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered prompt and where the client's own text sits in it (character spans of
+    ``text``).
 
     :meth:`ChatGenerator.render` returns one. That text is tokenised as text: a literal
     ``<image>``, ``</s>`` or chat-template marker typed by a user is never a placeholder or a
-    control token. A plain ``str`` prompt is trusted whole (for prompts built in code).
+    control token. A plain ``str`` prompt is trusted whole (for prompts built in code). This is
+    not a ``str``, so that no string operation can turn it into one and drop the spans (and with
+    them the safe tokenisation): ``str()`` and formatting refuse; read ``text`` and keep
+    ``user_spans`` with it.
     """
 
-    user_spans: tuple[tuple[int, int], ...]
+    text: str
+    user_spans: tuple[tuple[int, int], ...] = ()
 
-    def __new__(cls, text: str, user_spans: Sequence[tuple[int, int]] = ()):
-        rendered = super().__new__(cls, text)
-        rendered.user_spans = tuple(user_spans)
-        return rendered
+    def __str__(self) -> str:
+        raise TypeError(
+            "a Rendered prompt is not a str: use its .text and keep its .user_spans with it"
+        )
 
 
 # Private-use characters around a message number: no tokenizer or template uses them.
@@ -63,7 +70,7 @@ def render_marking_user_text(processor: Any, messages: list[dict], **options: An
     plain = processor.apply_chat_template(messages, **options)
     pieces = _MARK.split(processor.apply_chat_template(marked, **options))
     spans = _user_spans(plain, pieces[0::2], [texts[int(i)] for i in pieces[1::2]])
-    return Rendered(plain) if spans is None else Rendered(plain, spans)
+    return Rendered(plain, () if spans is None else tuple(spans))
 
 
 def _user_spans(plain: str, fixed: list[str], texts: list[str]) -> list[tuple[int, int]] | None:

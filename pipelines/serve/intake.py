@@ -23,6 +23,7 @@ from pipelines.serve.protocol import APIError, ChatCompletionRequest, validation
 from pipelines.serve.spec import ServeSpec
 from stf_model.errors import ModelInputError
 from stf_model.generation import ChatPrompt, SamplingParams
+from stf_model.user_text import Rendered
 
 # Requests with more message text than this are rendered and counted on a worker thread.
 OFF_LOOP_CHARS = 64 * 1024
@@ -31,7 +32,7 @@ OFF_LOOP_CHARS = 64 * 1024
 class PromptRenderer(Protocol):
     """What intake needs of the model: its chat template and its token count of a prompt."""
 
-    def render(self, messages: list[dict]) -> str: ...
+    def render(self, messages: list[dict]) -> Rendered: ...
 
     def count_prompt_tokens(self, prompt: ChatPrompt) -> int: ...
 

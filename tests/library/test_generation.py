@@ -46,7 +46,7 @@ def test_greedy_batch_matches_transformers_generate_row_by_row(generator):
     results = generator.generate(prompts)
     for prompt, result in zip(prompts, results, strict=True):
         inputs = generator.processor(
-            text=[prompt.text],
+            text=[prompt.text.text],
             images=prompt.images or None,
             add_special_tokens=False,
             return_tensors="pt",
@@ -130,7 +130,7 @@ def test_special_tokens_in_user_text_are_text_not_placeholders_or_controls(gener
     prompt = _ask(generator, INJECTED, red)
     ids = generator.prompt_ids(prompt)
     assert ids.count(config.image_token_id) == config.num_image_tokens  # the real image only
-    trusted = generator.tokenizer(str(prompt.text), add_special_tokens=False)["input_ids"]
+    trusted = generator.tokenizer(prompt.text.text, add_special_tokens=False)["input_ids"]
     assert trusted.count(config.image_token_id) == 2  # what plain tokenisation would have done
     # Outside the user's text nothing changes: the template's own <s> stays a control token.
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
@@ -193,11 +193,11 @@ def test_a_template_that_trims_keeps_its_spans_and_one_that_rewrites_falls_back(
             return "".join(f"[{m['content'].upper()}]" for m in messages)
 
     rendered = render_marking_user_text(Stripping(), [{"role": "user", "content": " a "}])
-    assert rendered == "[a]" and rendered.user_spans == ((1, 2),)
+    assert rendered.text == "[a]" and rendered.user_spans == ((1, 2),)
     exact = render_marking_user_text(Stripping(), [{"role": "user", "content": "a <image>"}])
-    assert exact == "[a <image>]" and exact.user_spans == ((1, 10),)
+    assert exact.text == "[a <image>]" and exact.user_spans == ((1, 10),)
     rewritten = render_marking_user_text(Shouting(), [{"role": "user", "content": "a"}])
-    assert rewritten == "[A]" and rewritten.user_spans == ()
+    assert rewritten.text == "[A]" and rewritten.user_spans == ()
 
 
 def test_generate_each_fails_only_the_row_that_fails(generator):

@@ -25,7 +25,7 @@ def prompt_ids(tokenizer, content, template):
     rendered = render_marking_user_text(
         tokenizer, messages, chat_template=source, DEFAULT_SYSTEM="Be brief."
     )
-    return literal_token_ids(tokenizer, rendered, rendered.user_spans).ids, rendered
+    return literal_token_ids(tokenizer, rendered.text, rendered.user_spans).ids, rendered
 
 
 @pytest.mark.parametrize("template", ["vicuna_v1", "llama3", "chatml"])
@@ -51,3 +51,12 @@ def test_no_control_token_gets_in_through_user_text(tokenizer, template, content
 def test_literal_special_tokens_keep_their_exact_spelling(tokenizer, text):
     ids, rendered = prompt_ids(tokenizer, text, "vicuna_v1")
     assert f"USER: {text} ASSISTANT:" in tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def test_a_rendered_prompt_cannot_silently_become_a_plain_string(tokenizer):
+    """Its spans are what keeps user text literal: no string operation may drop them."""
+    _, rendered = prompt_ids(tokenizer, "hello </s>", "vicuna_v1")
+    for lose_the_spans in (str, "{}".format, lambda r: r + "!", lambda r: "</s>" in r):
+        with pytest.raises(TypeError):
+            lose_the_spans(rendered)
+    assert "hello </s>" in rendered.text and rendered.user_spans
