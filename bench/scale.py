@@ -42,7 +42,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "jobs"))
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 IMAGE_PX = 64
@@ -261,7 +261,7 @@ def preprocess(sizes, s3_sizes, work: Path, images: Path) -> list[dict]:
                 _preprocess_run(n, f"{fmt}, local", str(records), str(images), out, work, {}, None)
             )
     if s3_sizes:
-        from moto_s3 import running_moto
+        from support.moto_s3 import running_moto
 
         with running_moto() as endpoint:
             storage = {"endpoint_url": endpoint, "access_key_id": "k", "secret_access_key": "s"}

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "jobs"))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from moto_s3 import running_moto  # noqa: E402
-from outage import S3Outage  # noqa: E402
+from support.moto_s3 import running_moto  # noqa: E402
+from support.outage import S3Outage  # noqa: E402
 
 
 def put_through_outage(endpoint: str, seconds: float, options: dict) -> tuple[bool, float]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The one place that knows how to find (or install) and start Chromium for this project.
-sys.path.insert(0, str(ROOT / "tests" / "jobs"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _free_port() -> int:
@@ -29,8 +29,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs"))
     out = Path(parser.parse_args().out)
     import ray
-    from browser import ask_on_page, open_chromium, wait_for_chromium
     from ray import serve
+    from support.browser import ask_on_page, open_chromium, wait_for_chromium
 
     from pipelines.ray_env import start_local_ray
     from pipelines.serve.job import run

@@ -31,7 +31,7 @@ def ray_local():
 def s3_server():
     """moto's S3 protocol server on 127.0.0.1 (a real HTTP endpoint, not an in-process mock);
     yields its endpoint URL and stops it at the end."""
-    from moto_s3 import running_moto
+    from support.moto_s3 import running_moto
 
     with running_moto() as endpoint:
         yield endpoint
@@ -40,7 +40,7 @@ def s3_server():
 def pytest_collection_modifyitems(config, items):
     """Starts installing Chromium in the background when a browser test is going to run."""
     if any("browser" in item.fixturenames for item in items):
-        from browser import start_chromium_install
+        from support.browser import start_chromium_install
 
         start_chromium_install()
 
@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
 def browser(tmp_path_factory):
     """A headless Chromium driven by Selenium for the session; the tests that use it skip, with
     the reason, where Chromium cannot be installed."""
-    from browser import open_chromium, wait_for_chromium
+    from support.browser import open_chromium, wait_for_chromium
 
     found = wait_for_chromium()
     if isinstance(found, str):

@@ -18,8 +18,8 @@ import threading
 import time
 
 import pytest
-from jobkill import actor_processes
-from run_metrics import losses_by_step, metrics_rows
+from support.jobkill import actor_processes
+from support.run_metrics import losses_by_step, metrics_rows
 
 pytestmark = pytest.mark.slow
 STEPS = 12

@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from manifests import ROOT, cluster_specs, launcher, manifest, ray_starts
+from support.manifests import ROOT, cluster_specs, launcher, manifest, ray_starts
 
 # KubeRay's CRDs (Apache-2.0), vendored unchanged: see tests/data/kuberay-crds/README.md.
 CRDS = ROOT / "tests" / "data" / "kuberay-crds"

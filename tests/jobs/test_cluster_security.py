@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 
 import pytest
 import yaml
-from manifests import CLUSTER, KUBERAY, cluster_spec, launcher, manifest, ray_starts
+from support.manifests import CLUSTER, KUBERAY, cluster_spec, launcher, manifest, ray_starts
 
 # Environment variables whose literal value in a manifest would be a secret.
 SECRET_NAMES = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)

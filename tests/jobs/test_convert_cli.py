@@ -1,7 +1,7 @@
 """`stf convert` as a user runs it: the spec / --set form, exit 0 on success, exit 2 with one
 line naming the problem for a checkpoint that does not fit or a directory that is not one."""
 
-from checkpoints import published_checkpoint
+from support.checkpoints import published_checkpoint
 
 from pipelines.cli import main
 from stf_model import STFForConditionalGeneration

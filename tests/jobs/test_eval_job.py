@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import benchmark_files as bf
 import pytest
-from report_page import read_page
+from support import benchmark_files as bf
+from support.report_page import read_page
 
 from pipelines.eval.job import run, summary_line
 from pipelines.eval.report import EvalReport

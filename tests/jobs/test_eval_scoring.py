@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import benchmark_files as bf
 import pytest
-from report_page import read_page
+from support import benchmark_files as bf
+from support.report_page import read_page
 
 from pipelines.errors import InputError, MissingInput
 from pipelines.eval.job import run, summary_line

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from jobkill import kill_cli_job_when
 from PIL import Image
+from support.jobkill import kill_cli_job_when
 
 from pipelines.infer import InferSpec
 from pipelines.infer.job import read_output

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from ray_sockets import listeners, probe, ray_processes, target
-from serve_cli import serve_spec, start_serve, wait_for_models
+from support.ray_sockets import listeners, probe, ray_processes, target
+from support.serve_cli import serve_spec, start_serve, wait_for_models
 
 
 def _verdicts(root: psutil.Process) -> dict:

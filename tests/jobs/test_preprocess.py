@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bad_inputs import write_bad_corpus
-from base_models import llama_tokenizer
-from jobkill import kill_cli_job_when
+from support.bad_inputs import write_bad_corpus
+from support.base_models import llama_tokenizer
+from support.jobkill import kill_cli_job_when
 
 from pipelines.cli import main
 from pipelines.preprocess import PreprocessSpec

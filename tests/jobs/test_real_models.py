@@ -11,8 +11,8 @@ import socket
 
 import pytest
 import torch
-from base_models import save_clip, save_llama, save_qwen2, save_siglip
 from PIL import Image
+from support.base_models import save_clip, save_llama, save_qwen2, save_siglip
 from transformers import AutoImageProcessor, AutoTokenizer
 
 from pipelines.cli import main

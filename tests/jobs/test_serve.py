@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 import requests
-from browser import ask_on_page, wait_for
 from PIL import Image
+from support.browser import ask_on_page, wait_for
 
 API_KEY = "test-key-123"
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 import requests
-from serve_cli import serve_spec, start_serve, wait_for_models
+from support.serve_cli import serve_spec, start_serve, wait_for_models
 
 
 @pytest.mark.slow  # ~17 s on 2 cores: a CLI process interrupted (`make test-slow`, and CI)

@@ -169,7 +169,7 @@ def test_values_ray_or_torch_would_refuse_later_are_refused_when_the_spec_loads(
 
 
 def test_a_model_directory_that_is_not_ours_is_named_as_such(tmp_path):
-    from base_models import save_llama
+    from support.base_models import save_llama
 
     from pipelines.errors import InputError
     from pipelines.models import load_config

@@ -14,10 +14,10 @@ import time
 import pytest
 import torch
 import yaml
-from jobkill import actor_processes, kill_cli_job_when
-from outage import S3Outage
 from PIL import Image
-from run_metrics import losses_by_step, metrics_rows
+from support.jobkill import actor_processes, kill_cli_job_when
+from support.outage import S3Outage
+from support.run_metrics import losses_by_step, metrics_rows
 
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from jobkill import actor_processes
-from run_metrics import losses_by_step, metrics_rows
 from safetensors.torch import load_file
+from support.jobkill import actor_processes
+from support.run_metrics import losses_by_step, metrics_rows
 
 from pipelines.errors import SpecError
 from pipelines.preprocess import PreprocessSpec

@@ -4,8 +4,8 @@ CLS conventions hold, and impossible fusion settings are clear errors."""
 
 import pytest
 import torch
-from base_models import save_clip, save_llama, save_qwen2, save_siglip
 from PIL import Image
+from support.base_models import save_clip, save_llama, save_qwen2, save_siglip
 
 from stf_model import get_chat_template, load_model_dir, save_model_dir
 from stf_model.assemble import assemble, image_statistics, load_llm, load_tower
@@ -143,7 +143,7 @@ def test_an_image_processor_for_another_size_is_refused(bases):
 
 def test_a_llm_whose_tokenizer_is_only_a_sentencepiece_model_loads(tmp_path):
     import sentencepiece
-    from base_models import save_llama_with_only_a_sentencepiece_model
+    from support.base_models import save_llama_with_only_a_sentencepiece_model
 
     from stf_model.assemble import load_llm
 

@@ -3,8 +3,8 @@ here, converted and checked against a direct re-implementation of the published 
 
 import pytest
 import torch
-from checkpoints import published_checkpoint, published_image_features
 from safetensors.torch import load_file, save_file
+from support.checkpoints import published_checkpoint, published_image_features
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
 from stf_model import STFForConditionalGeneration, load_model_dir, normalize_pixels

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from bad_inputs import (
+from support.bad_inputs import (
     exif_rotated_jpeg,
     jpeg,
     png_header_only,
@@ -98,7 +98,7 @@ def test_system_turn_and_single_exchange():
 
 
 def test_an_answer_a_normalising_tokenizer_recomposes_is_no_mask_mismatch():
-    from base_models import qwen2_tokenizer
+    from support.base_models import qwen2_tokenizer
 
     from stf_model.chat_templates import llm_chat_template
 
@@ -154,7 +154,7 @@ def test_special_tokens_in_record_text_are_text():
 
 
 def test_chat_markers_in_record_text_are_text_with_the_chatml_template():
-    from base_models import qwen2_tokenizer
+    from support.base_models import qwen2_tokenizer
 
     from stf_model.chat_templates import llm_chat_template
 

@@ -5,7 +5,7 @@ the literal text keeps its exact spelling (no space added before it)."""
 from importlib import resources
 
 import pytest
-from base_models import llama_tokenizer, qwen2_tokenizer
+from support.base_models import llama_tokenizer, qwen2_tokenizer
 
 from stf_model import build_tiny_tokenizer
 from stf_model.user_text import literal_token_ids, render_marking_user_text, special_tokens
