@@ -28,6 +28,17 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny random model (seed 0) saved as a model folder: what the tests that load a model
+    read (none writes into it)."""
+    from stf_model import build_tiny, save_model_dir
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_model_dir(*build_tiny(seed=0), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 protocol server on 127.0.0.1 (a real HTTP endpoint, not an in-process mock);
     yields its endpoint URL and stops it at the end."""

@@ -21,15 +21,6 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 GENERATION = {"max_new_tokens": 3, "batch_size": 8}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from stf_model import build_tiny, save_model_dir
-
-    path = tmp_path_factory.mktemp("eval-model") / "tiny"
-    save_model_dir(*build_tiny(seed=0), path)
-    return str(path)
-
-
 def evaluate(model_dir: str, output: Path, **fields) -> tuple[EvalSpec, object]:
     data = {"model": {"path": model_dir}, "output": str(output), "inference": GENERATION}
     for key, value in fields.items():

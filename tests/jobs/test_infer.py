@@ -18,15 +18,6 @@ from pipelines.infer.job import read_output
 from pipelines.infer.job import run as run_infer
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from stf_model import build_tiny, save_model_dir
-
-    path = tmp_path_factory.mktemp("infer") / "tiny"
-    save_model_dir(*build_tiny(seed=0), path)
-    return str(path)
-
-
 def _images(folder: Path, n: int) -> list[Path]:
     (folder / "sub").mkdir(parents=True, exist_ok=True)
     paths = []

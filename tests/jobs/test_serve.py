@@ -7,6 +7,7 @@ import concurrent.futures
 import http.server
 import io
 import re
+import shutil
 import socket
 import threading
 import time
@@ -49,12 +50,10 @@ def _image_message(url: str, text: str = "What is in the image?") -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from stf_model import build_tiny, save_model_dir
-
+def model_dir(model_dir, tmp_path_factory):
+    """The shared tiny model in a folder named as clients ask for it (the default model id)."""
     path = tmp_path_factory.mktemp("serve") / "tiny-chat"
-    model, tokenizer = build_tiny(seed=0)
-    save_model_dir(model, tokenizer, path)
+    shutil.copytree(model_dir, path)
     return str(path)
 
 

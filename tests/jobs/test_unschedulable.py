@@ -26,15 +26,6 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from stf_model import build_tiny, save_model_dir
-
-    path = tmp_path_factory.mktemp("unschedulable") / "tiny"
-    save_model_dir(*build_tiny(seed=0), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     Image.new("RGB", (40, 30), (200, 30, 30)).save(folder / "a.png")
