@@ -19,11 +19,10 @@ from pipelines.errors import MissingInput
 from pipelines.eval.answers import as_answers, read_answers, write_answers
 from pipelines.eval.benchmarks import BENCHMARKS, Answer, Benchmark, Question, Scored
 from pipelines.eval.files import Files
-from pipelines.eval.report import EvalReport, Example
+from pipelines.eval.report import EvalReport, Example, corpus_baselines
 from pipelines.eval.spec import EvalSpec
 from pipelines.infer.spec import InferSpec
 from pipelines.storage import filesystem, fs_path, join, write_bytes, write_text
-from pipelines.synth.corpus import CorpusInfo
 
 EXAMPLES = 5  # in report.json; report.html shows up to 200
 CHART_KEYS = ("score", "f1", "accuracy")  # the breakdown's main value, as report.html's chart
@@ -141,6 +140,8 @@ def _report(
         submission = join(spec.output, name)
         write_bytes(submission, data, spec.storage)
     shown = scored.items.lowest()
+    custom = spec.benchmark == "custom" and spec.questions is not None
+    overall, per_type = corpus_baselines(spec.questions, spec.storage) if custom else ({}, None)
     report = EvalReport(
         benchmark=spec.benchmark,
         title=benchmark.title,
@@ -150,14 +151,14 @@ def _report(
         n=scored.items.n,
         unanswered=scored.unanswered,
         errors=errors,
-        metrics=scored.metrics | _baseline_metrics(spec),
+        metrics=scored.metrics | overall,
         breakdown=scored.breakdown,
         model=spec.model.path if spec.model else None,
         answers=answers_url,
         questions=spec.questions,
         limit=spec.limit,
         submission=submission,
-        baselines=_baselines(spec),
+        baselines=per_type,
         examples=[
             Example(
                 question=i.question,
@@ -173,31 +174,6 @@ def _report(
     page = render_report(report, shown, spec.storage)
     write_text(join(spec.output, "report.html"), page, spec.storage)
     return report
-
-
-def _corpus(spec: EvalSpec) -> CorpusInfo | None:
-    if spec.benchmark != "custom" or spec.questions is None:
-        return None
-    return CorpusInfo.read(join(posixpath.dirname(spec.questions), "synth.json"), spec.storage)
-
-
-def _baselines(spec: EvalSpec) -> dict[str, dict[str, float]] | None:
-    """The synthetic corpus's chance and majority-answer accuracy per type, in percent."""
-    corpus = _corpus(spec)
-    if corpus is None:
-        return None
-    b = corpus.baselines
-    return {
-        "chance": {k: 100 * v for k, v in b.chance_by_type.items()},
-        "majority": {k: 100 * v for k, v in b.majority_by_type.items()},
-    }
-
-
-def _baseline_metrics(spec: EvalSpec) -> dict[str, float]:
-    corpus = _corpus(spec)
-    if corpus is None:
-        return {}
-    return {"chance": 100 * corpus.baselines.chance, "majority": 100 * corpus.baselines.majority}
 
 
 def summary_line(spec: EvalSpec, report: EvalReport) -> str:

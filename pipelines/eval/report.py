@@ -1,14 +1,19 @@
 """``OUTPUT/report.json``: a benchmark's score as papers report it, every sub-metric, the
-per-category breakdown, and how many ground-truth items had no answer (counted wrong). Also the
-published numbers the suite table sets beside ours."""
+per-category breakdown, and how many ground-truth items had no answer (counted wrong). Also what
+a score is set beside: the published numbers (the suite table) and, for a question file that
+``stf synth`` wrote, its chance and majority-answer baselines."""
 
 from __future__ import annotations
 
+import posixpath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.documents import Document
+from pipelines.spec import StorageOptions
+from pipelines.storage import join
+from pipelines.synth.corpus import CorpusInfo
 
 # LLaVA-1.5-7B and LLaVA-STF-7B as LLaVA-STF's reference repository reports them (VQAv2 on
 # test-dev, VizWiz on test, MMBench and MMBench-CN on dev, MME perception).
@@ -74,3 +79,21 @@ class EvalReport(Document):
         None, description="chance and majority answer (%) per type (synthetic corpus)"
     )
     examples: list[Example] = Field(description="a few, wrong ones first")
+
+
+def corpus_baselines(
+    questions: str, storage: StorageOptions
+) -> tuple[dict[str, float], dict[str, dict[str, float]] | None]:
+    """The chance and majority-answer accuracy (percent) of the synthetic corpus a question file
+    belongs to (the ``synth.json`` beside it), overall and per question type; ``({}, None)``
+    for any other question file."""
+    corpus = CorpusInfo.read(join(posixpath.dirname(questions), "synth.json"), storage)
+    if corpus is None:
+        return {}, None
+    b = corpus.baselines
+    overall = {"chance": 100 * b.chance, "majority": 100 * b.majority}
+    per_type = {
+        "chance": {k: 100 * v for k, v in b.chance_by_type.items()},
+        "majority": {k: 100 * v for k, v in b.majority_by_type.items()},
+    }
+    return overall, per_type
