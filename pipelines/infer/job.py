@@ -67,7 +67,8 @@ def _parts_dir(spec: InferSpec) -> str:
     return join(spec.output, "parts")
 
 
-ANSWER_COLUMNS = ("id", "prompt", "answer", "model_id", "error")  # what answers.jsonl holds
+# What answers.jsonl holds.
+ANSWER_COLUMNS = ("id", "prompt", "answer", "model_id", "error", "error_detail")
 READ_THREADS = 16  # part files read at once: on S3 each is a few round trips
 
 
@@ -157,7 +158,7 @@ def run(spec: InferSpec) -> InferSummary:
             "re-run the same spec to finish"
         )
     errors = output.filter(pc.is_valid(output.column("error"))).column("error")
-    by_reason = Counter(m.split(":", 1)[0] for m in errors.to_pylist())
+    by_reason = Counter(errors.to_pylist())
     summary = InferSummary(
         rows=len(rows),
         answered=len(output) - len(errors),
@@ -198,6 +199,10 @@ ANSWER_FIELDS = (
     "model_id",
 )
 RUN_FILE = "run.json"
+# The parts' layout, recorded in run.json: 2 has the error reason and detail in two columns (1,
+# unversioned, had one "reason: detail" string). A resume reads the parts it finds, so it needs
+# the same layout.
+OUTPUT_LAYOUT = 2
 
 
 def claim_output(spec: InferSpec, holds_answers: bool) -> None:
@@ -207,12 +212,19 @@ def claim_output(spec: InferSpec, holds_answers: bool) -> None:
     would be passed off as this spec's. (A run that failed before answering anything, say on a
     mistyped model path, claimed nothing.)"""
     resolved = spec.resolved()
-    mine = {"model": {k: resolved["model"][k] for k in ("path", "dtype")}}
+    mine: dict = {"layout": OUTPUT_LAYOUT}
+    mine["model"] = {k: resolved["model"][k] for k in ("path", "dtype")}
     if resolved["model"].get("adapter"):
         mine["model"]["adapter"] = resolved["model"]["adapter"]
     mine |= {k: resolved[k] for k in ANSWER_FIELDS}
     url = join(spec.output, RUN_FILE)
     theirs = read_json(url, spec.storage)
+    if holds_answers and theirs is not None and theirs.get("layout") != OUTPUT_LAYOUT:
+        raise InputError(
+            f"{spec.output} holds answers written by an earlier version of stf infer, in another "
+            "layout (one error column of 'reason: detail'); write to another output, or delete "
+            "it to answer everything again"
+        )
     if holds_answers and theirs is not None and theirs != mine:
         changed = ", ".join(
             f"{k}: {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v
@@ -323,7 +335,7 @@ def _write_answers(spec: InferSpec, output: pa.Table) -> None:
                     "metadata": {},
                 }
                 if row["error"]:
-                    answer["error"] = row["error"]
+                    answer |= {"error": row["error"], "error_detail": row["error_detail"]}
                 yield json.dumps(answer) + "\n"
 
     write_lines(join(spec.output, "answers.jsonl"), lines(), spec.storage)

@@ -25,7 +25,8 @@ OUTPUT_SCHEMA = pa.schema(
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),
-        ("error", pa.string()),  # "reason: detail" for a row that got no answer
+        ("error", pa.string()),  # why a row got no answer: a reason code (pipelines.reasons)
+        ("error_detail", pa.string()),  # and what exactly, for a person
         ("model_id", pa.string()),
     ]
 )
@@ -56,14 +57,14 @@ class Answerer:
             try:  # a row without an image (text_only_rows) is asked the text alone
                 images = [] if url is None else [checked_image(url, data[url], self._pixels)]
             except RecordError as err:
-                errors[row] = f"{err.reason}: {err.detail}"
+                errors[row] = (err.reason, err.detail)
                 continue
             messages = self._messages(text, with_image=bool(images))
             prompt = ChatPrompt(self.generator.render(messages), images, self.params)
             try:  # checked per row, so that one bad prompt cannot fail the batch's generate
                 self.generator.count_prompt_tokens(prompt)
             except ModelInputError as err:
-                errors[row] = f"prompt_placeholders: {err}"
+                errors[row] = ("prompt_placeholders", str(err))
                 continue
             prompts.append(prompt)
             rows.append(row)
@@ -78,7 +79,9 @@ class Answerer:
             out["finish_reason"].append(done.finish_reason if done else None)
             out["prompt_tokens"].append(done.prompt_tokens if done else None)
             out["completion_tokens"].append(done.completion_tokens if done else None)
-            out["error"].append(errors.get(row))
+            reason, detail = errors.get(row, (None, None))
+            out["error"].append(reason)
+            out["error_detail"].append(detail)
             out["model_id"].append(self.spec.served_model_id)
         if self.progress is not None:
             self.progress.add.remote(len(ids), len(errors))

@@ -65,10 +65,10 @@ def test_folder_with_broken_images_gives_error_rows(ray_local, model_dir, tmp_pa
     assert bars and re.search(rf"100%.* 11/11 \[.*{rate}, errors=2\]", bars[-1]), bars[-3:]
     output = {r["id"]: r for r in read_output(spec).to_pylist()}
     assert set(output) == {str(p.relative_to(images)) for p in good} | {"broken.png", "cut.jpg"}
-    assert (
-        output["broken.png"]["answer"] is None
-        and "image_undecodable" in output["broken.png"]["error"]
-    )
+    broken = output["broken.png"]
+    assert broken["answer"] is None and broken["error"] == "image_undecodable"
+    assert broken["error_detail"] and ":" not in broken["error"]
+    assert output["cut.jpg"]["error"] == "image_truncated"
     row = output["sub/img000.jpg"]
     assert row["error"] is None and row["completion_tokens"] == 5 and row["prompt_tokens"] > 36
     # The job's answer is what the model gives in this process.
@@ -84,6 +84,11 @@ def test_folder_with_broken_images_gives_error_rows(ray_local, model_dir, tmp_pa
         json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()
     ]
     assert len(answers) == 11 and {"question_id", "prompt", "text", "model_id"} <= set(answers[0])
+    refused = next(a for a in answers if a["question_id"] == "broken.png")
+    assert (
+        refused["error"] == "image_undecodable"
+        and refused["error_detail"] == broken["error_detail"]
+    )
     # A re-run has nothing left to do and writes nothing new.
     files = sorted(os.listdir(tmp_path / "out" / "parts"))
     sizes = [pq.read_metadata(tmp_path / "out" / "parts" / f).num_rows for f in files]

@@ -80,3 +80,17 @@ def test_an_output_holding_another_specs_answers_is_refused(tmp_path):
     claim_output(other_model, holds_answers=False)  # the first run answered nothing: a fix
     with pytest.raises(InputError, match=r"'path': '/b'.* -> .*'path': '/models/a'"):
         claim_output(first, holds_answers=True)
+
+
+def test_an_output_in_the_earlier_layout_is_not_resumed(tmp_path):
+    """Its parts hold one "reason: detail" error column, which this version does not read."""
+    first = spec(["/data/images"], tmp_path / "out")
+    claim_output(first, holds_answers=False)
+    run_file = tmp_path / "out" / "run.json"
+    claimed = json.loads(run_file.read_text())
+    assert claimed.pop("layout") == 2
+    run_file.write_text(json.dumps(claimed))  # as an earlier version wrote it
+    with pytest.raises(InputError, match="earlier version of stf infer"):
+        claim_output(first, holds_answers=True)
+    claim_output(first, holds_answers=False)  # nothing answered there yet: the claim is redone
+    assert json.loads(run_file.read_text())["layout"] == 2
