@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from pipelines import strict_json
 from pipelines.errors import InputError
 from pipelines.images import checked_image
-from pipelines.preprocess.sink import PROCESSED_SCHEMA
+from pipelines.preprocess.sink import PROCESSED_SCHEMA, Outcome
 from pipelines.preprocess.spec import PreprocessSpec
 from pipelines.reasons import RejectedRecord
 from pipelines.storage import join, read_many
@@ -136,19 +136,19 @@ class RecordProcessor:
         """The processed row of one raw row: its count, its sample, or its error."""
         base = {"source": row["source"], "index": row["index"], "line": row["line"]}
         if item.file_records is not None:
-            return {**base, "status": "count", "file_records": item.file_records}
+            return {**base, "status": Outcome.FILE_COUNT, "file_records": item.file_records}
         base["id"] = item.record_id
         error = item.error
         if error is None:
             try:
-                return {**base, "status": "ok", **self.sample(item, images)}
+                return {**base, "status": Outcome.SAMPLE, **self.sample(item, images)}
             except RecordError as err:
                 error = err
             except Exception as err:  # a bug, not bad input: fail loudly, naming the record
                 raise RuntimeError(
                     f"{row['source']} line {row['line']} (id {item.record_id}): {err!r}"
                 ) from err
-        return {**base, "status": "error", "reason": error.reason, "detail": error.detail}
+        return {**base, "status": Outcome.REJECTED, "reason": error.reason, "detail": error.detail}
 
     def parse(self, row: dict) -> Parsed:
         if row["file_records"] is not None:

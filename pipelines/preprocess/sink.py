@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,7 +20,17 @@ from pipelines.shards import QUARANTINE_SCHEMA, SHARD_SCHEMA, ShardFile
 from pipelines.spec import StorageOptions
 from pipelines.storage import filesystem, fs_path, join
 
-# What the preprocessing map emits: a record's outcome (ok / error) or a file's count row.
+
+class Outcome(StrEnum):
+    """What a row the preprocessing map emits is (its ``status`` column)."""
+
+    SAMPLE = "ok"  # a record made into a shard row
+    REJECTED = "error"  # a record for the quarantine, with its reason and detail
+    FILE_COUNT = "count"  # a file's count of records read (``file_records``; no index or line)
+
+
+# What the preprocessing map emits: one row per record (a sample or a rejection) and one count
+# row per input file.
 PROCESSED_SCHEMA = pa.schema(
     [("status", pa.string())]
     + [f for f in SHARD_SCHEMA if f.name not in ("id", "source", "index")]
@@ -77,9 +88,9 @@ class ShardsDatasink(Datasink[WriteTally]):
         table = pa.concat_tables(tables) if tables else PROCESSED_SCHEMA.empty_table()
         status = table.column("status")
         prefix = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-        ok = table.filter(pc.equal(status, "ok"))
-        bad = table.filter(pc.equal(status, "error"))
-        counts = table.filter(pc.equal(status, "count"))
+        ok = table.filter(pc.equal(status, Outcome.SAMPLE.value))
+        bad = table.filter(pc.equal(status, Outcome.REJECTED.value))
+        counts = table.filter(pc.equal(status, Outcome.FILE_COUNT.value))
         return WriteTally(
             shards=self._write_parts("shards", prefix, ok, SHARD_SCHEMA),
             quarantine=self._write_parts("quarantine", prefix, bad, QUARANTINE_SCHEMA),

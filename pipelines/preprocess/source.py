@@ -28,8 +28,8 @@ from pipelines.storage import filesystem, fs_path
 RAW_SCHEMA = pa.schema(
     [
         ("source", pa.string()),  # file URL
-        ("index", pa.int64()),  # 0-based record position in the file
-        ("line", pa.int64()),  # 1-based line where the record starts
+        ("index", pa.int64()),  # 0-based record position in the file (null on the count row)
+        ("line", pa.int64()),  # 1-based line where the record starts (null on the count row)
         ("raw", pa.string()),  # the record's JSON text; null on a count row
         ("error", pa.string()),  # set when the reader itself could not read a record
         ("reason", pa.string()),  # and then its quarantine reason
@@ -71,7 +71,7 @@ def _blocks(url: str, storage: StorageOptions, rows_per_block: int) -> Iterator[
         if len(batch) >= rows_per_block:
             yield pa.Table.from_pylist(batch, schema=RAW_SCHEMA)
             batch = []
-    batch.append({"source": url, "index": -1, "line": -1, "file_records": count})
+    batch.append({"source": url, "file_records": count})  # the count row: no index, no line
     yield pa.Table.from_pylist(batch, schema=RAW_SCHEMA)
 
 
