@@ -227,6 +227,7 @@ def test_rerun_skips_and_overwrite_rebuilds_without_duplicates(corpus, tmp_path)
     assert not changed.skipped and changed.fingerprint != first.fingerprint
 
 
+@pytest.mark.slow  # two preprocessing runs of 700 records: ~20 s
 def test_the_shards_keep_the_records_order_run_after_run(tmp_path):
     """Two workers and small batches finish out of order; the shards hold the rows in the
     inputs' order all the same, so the data training sees is a function of the spec."""
