@@ -119,13 +119,14 @@ class Pope(Benchmark):
         for line in self.files.jsonl(url, "pope labels"):
             yield Label(str(line.get("image")), str(line.get("text")), line.get("label") != "no")
 
-    def _paired(self) -> dict[str, Split]:
+    def _paired(self) -> tuple[dict[str, Split], set[str]]:
         return self.once("_paired", self._paired_read)
 
-    def _paired_read(self) -> dict[str, Split]:
+    def _paired_read(self) -> tuple[dict[str, Split], set[str]]:
         """Each split's label lines, each with the id of the question asked at its position of
-        the split (None: no question), checked to ask the same thing of the same image. The
-        question file and the label files are read side by side, a line at a time."""
+        the split (None: no question), checked to ask the same thing of the same image; and the
+        set of those ids. The question file and the label files are read side by side, a line at
+        a time."""
         urls = self._label_urls()
         labels = {split: enumerate(self._labels(url)) for split, url in urls.items()}
         splits = {split: Split() for split in urls}
@@ -163,16 +164,14 @@ class Pope(Benchmark):
             for _, label in rest:
                 splits[split].ids.append(None)
                 splits[split].yes.append(label.yes)
-        return splits
+        return splits, seen
 
     def check(self) -> None:
         self._paired()
 
     def score(self, answers: list[Answer], limit_to: list[Question] | None) -> Scored:
-        splits = self._paired()
-        ids = {qid for split in splits.values() for qid in split.ids if qid is not None}
+        splits, ids = self._paired()
         by_id = matched(answers, lambda a: str(a.question_id), ids, "pope")
-        del ids
         asked = {str(q.question_id) for q in limit_to} if limit_to is not None else None
         per_split: dict[str, Counter] = {}
         items = Tally()
