@@ -3,8 +3,10 @@ only this machine can reach, with Ray's token authentication on."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ray
@@ -115,6 +117,27 @@ def stop_local_ray() -> None:
     if _started_local and ray.is_initialized():
         ray.shutdown()
     _started_local = False
+
+
+@contextlib.contextmanager
+def ray_data_settings(**settings) -> Iterator[None]:
+    """Sets Ray Data's process-wide ``DataContext`` for the block only, and restores it after:
+    another job may run in this process next. ``preserve_order`` is the execution option of that
+    name; any other keyword is a ``DataContext`` attribute. A dataset copies the context when it
+    is created, so create the job's datasets inside the block."""
+    context = ray.data.DataContext.get_current()
+    owners = {
+        name: context.execution_options if name == "preserve_order" else context
+        for name in settings
+    }
+    previous = {name: getattr(owner, name) for name, owner in owners.items()}
+    for name, value in settings.items():
+        setattr(owners[name], name, value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            setattr(owners[name], name, value)
 
 
 def cluster_cpus() -> int:

@@ -252,24 +252,27 @@ def _generate(spec: InferSpec, todo: pa.Table, total: int, already_done: int) ->
     import ray
 
     from pipelines.infer.progress import InferProgress
-    from pipelines.ray_env import ResourceAsk, gave_up, init_ray, require_resources
+    from pipelines.ray_env import (
+        ResourceAsk,
+        gave_up,
+        init_ray,
+        ray_data_settings,
+        require_resources,
+    )
 
     init_ray()
     each = {"CPU": spec.num_cpus, "GPU": spec.num_gpus}
     ask = ResourceAsk("stf infer", spec.concurrency, "replicas", each, spec.schedule_timeout_s)
     require_resources(ask)
-    # Ray Data waits this long for the pool's replicas to start, then raises GetTimeoutError. A
-    # dataset copies the context when it is created, so this is set first, and for this job only
-    # (the context is the process's; other jobs may run in it after).
-    context = ray.data.DataContext.get_current()
-    previous, context.wait_for_min_actors_s = context.wait_for_min_actors_s, spec.schedule_timeout_s
+    # Ray Data waits this long for the pool's replicas to start, then raises GetTimeoutError.
     try:
-        with InferProgress(total, already_done) as progress:
+        with (
+            ray_data_settings(wait_for_min_actors_s=spec.schedule_timeout_s),
+            InferProgress(total, already_done) as progress,
+        ):
             _answer_all(spec, todo, progress.counter)
     except ray.exceptions.GetTimeoutError as err:  # the replicas did not start in time
         raise gave_up(ask) from err
-    finally:
-        context.wait_for_min_actors_s = previous
 
 
 def _answer_all(spec: InferSpec, todo: pa.Table, progress: Any) -> None:

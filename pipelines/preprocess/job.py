@@ -9,7 +9,6 @@ quarantined -> commit the manifest.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +22,7 @@ from pipelines.preprocess.processor import ModelInputs, RecordProcessor, load_mo
 from pipelines.preprocess.sink import ShardsDatasink, WriteTally
 from pipelines.preprocess.source import LlavaRecordsDatasource
 from pipelines.preprocess.spec import PreprocessSpec
-from pipelines.ray_env import cluster_cpus, init_ray
+from pipelines.ray_env import cluster_cpus, init_ray, ray_data_settings
 from pipelines.shards import (
     MANIFEST,
     Counts,
@@ -139,7 +138,10 @@ def _listed(output: str, storage: StorageOptions) -> set[str]:
 def _process(spec: PreprocessSpec, files: list[InputFile], model: ModelInputs) -> WriteTally:
     """The Ray Data pipeline; returns what the sink wrote and counted."""
     init_ray()
-    with _in_record_order():
+    # Ray Data keeps the records' order through the pool (by default it hands batches on as they
+    # finish): the shards, and the order training reads their rows in, are then a function of
+    # the inputs and the spec, not of which worker finished first.
+    with ray_data_settings(preserve_order=True):
         return _pipeline(spec, files, model)
 
 
@@ -170,21 +172,6 @@ def _pipeline(spec: PreprocessSpec, files: list[InputFile], model: ModelInputs) 
         sink, ray_remote_args={"num_cpus": 0}, concurrency=max(1, workers // 2)
     )
     return sink.summary
-
-
-@contextlib.contextmanager
-def _in_record_order():
-    """Ray Data keeps the records' order through the pool (by default it hands batches on as
-    they finish): the shards, and the order training reads their rows in, are then a function of
-    the inputs and the spec, not of which worker finished first. Set for this job only (the
-    context is the process's; a dataset copies it when it is created)."""
-    context = ray.data.DataContext.get_current()
-    previous = context.execution_options.preserve_order
-    context.execution_options.preserve_order = True
-    try:
-        yield
-    finally:
-        context.execution_options.preserve_order = previous
 
 
 def _failures(spec: PreprocessSpec, per_file: dict[str, FileCounts], tally: WriteTally) -> list:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipelines.errors import InputError
 from pipelines.models import load_tokenizer
-from pipelines.shards import read_manifest, shard_urls
+from pipelines.shards import ShardManifest, read_manifest, shard_urls
 from pipelines.train.arithmetic import detected_peak_tflops, flops_per_token
 from pipelines.train.spec import TrainSpec
 from stf_model import STFConfig
@@ -24,6 +24,7 @@ class TrainPlan(BaseModel):
     spec: TrainSpec
     shard_urls: list[str]
     rows: int
+    data_bytes: int  # the rows decoded: pixels and token ids (an estimate from the manifests)
     world_size: int
     micro_per_epoch: int  # micro-batches per worker per epoch (whole optimizer steps)
     steps_per_epoch: int
@@ -89,6 +90,7 @@ def build_plan(spec: TrainSpec, config: STFConfig) -> TrainPlan:
         spec=spec,
         shard_urls=[url for folder, m in manifests for url in shard_urls(folder, m)],
         rows=rows,
+        data_bytes=sum(_decoded_bytes(m) for _, m in manifests),
         world_size=world,
         micro_per_epoch=micro_per_epoch,
         steps_per_epoch=steps_per_epoch,
@@ -101,6 +103,22 @@ def build_plan(spec: TrainSpec, config: STFConfig) -> TrainPlan:
         longest=_longest(manifests, config, max_length),
         flops_per_token=flops_per_token(spec, config),
         peak_flops=(spec.peak_tflops or detected_peak_tflops(spec) or 0) * 1e12,
+    )
+
+
+# Per row besides pixels and tokens: its id, source, offsets and small columns.
+ROW_OVERHEAD_BYTES = 96
+
+
+def _decoded_bytes(manifest: ShardManifest) -> int:
+    """What a shard folder's rows take once read into Arrow: one uint8 image per image row, two
+    int32 columns (input ids, labels) per token, and the small columns."""
+    image = 3 * manifest.image.size**2
+    counts = manifest.counts
+    return (
+        counts.by_modality.get("image", 0) * image
+        + counts.tokens * 8
+        + counts.written * ROW_OVERHEAD_BYTES
     )
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from pipelines.spec import (
     JobSpec,
@@ -133,6 +140,13 @@ class TrainSpec(JobSpec):
         1024,
         description="rows each worker shuffles through per epoch, a new order every epoch (0: "
         "shard order); a buffered row holds its uint8 pixels (336 px: 0.34 MB)",
+    )
+    cache_data_gb: NonNegativeFloat = Field(
+        2.0,
+        description="training data at most this large once decoded (its pixels and token ids, "
+        "as the shard manifests count them) is read once into Ray's object store, and every "
+        "epoch reads it from there; larger data is read from the shard files every epoch (0: "
+        "never cache)",
     )
     lora: LoraOptions | None = Field(
         None, description="LoRA on the LLM instead of training all of it (absent: full finetune)"
