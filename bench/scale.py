@@ -373,10 +373,10 @@ def train(sizes, work: Path) -> list[dict]:
 
 def _rows_trained(run_dir: Path, epoch_rows: int) -> int:
     """Rows the run trained on: its last step times the global batch, at most one epoch."""
-    import csv
+    from pipelines.spec import StorageOptions
+    from pipelines.train.run_folder import RunFolder
 
-    with open(run_dir / "metrics.csv") as f:
-        steps = max(int(r["step"]) for r in csv.DictReader(f))
+    steps = max(r.step for r in RunFolder(str(run_dir), StorageOptions()).read_metrics())
     return min(epoch_rows, steps * TRAIN_MICRO * TRAIN_WORKERS)
 
 

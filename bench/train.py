@@ -15,9 +15,7 @@ window of `--window` steps).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import random
 import statistics
 import tempfile
@@ -35,6 +33,7 @@ from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
 from pipelines.train.job import run as train
 from pipelines.train.model import build_model
+from pipelines.train.run_folder import RunFolder
 from stf_model.collate import collate, length_grouped_batches
 
 
@@ -75,10 +74,9 @@ def plain_step_seconds(spec: TrainSpec, data: str, steps: int, skip: int, thread
 def ray_step_seconds(spec: TrainSpec) -> float:
     """Seconds per optimizer step of a Ray Train run, from its metrics after the first window."""
     train(spec)
-    with open(os.path.join(spec.run_dir, "metrics.csv")) as f:
-        rows = list(csv.DictReader(f))[1:]
+    rows = RunFolder(spec.run_dir, spec.storage).read_metrics()[1:]
     global_batch = spec.deepspeed.micro_batch_size * spec.scaling.num_workers
-    return statistics.median(global_batch / float(r["samples_per_s"]) for r in rows)
+    return statistics.median(global_batch / r.samples_per_s for r in rows)
 
 
 def main() -> None:

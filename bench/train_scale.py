@@ -16,7 +16,6 @@ Prints a table and a JSON line; results go to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -37,6 +36,7 @@ from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
 from pipelines.train.arithmetic import memory_estimate
 from pipelines.train.job import run as train
+from pipelines.train.run_folder import MetricsRow, RunFolder
 from stf_model import STFConfig, STFForConditionalGeneration, build_tiny_tokenizer, save_model_dir
 from stf_model.collate import collate, length_grouped_batches
 
@@ -108,12 +108,11 @@ def plain_step_seconds(model_dir: str, data: str, spec: TrainSpec, steps: int, s
     return statistics.median(times[skip:])
 
 
-def run_rows(spec: TrainSpec) -> tuple[list[dict], float]:
+def run_rows(spec: TrainSpec) -> tuple[list[MetricsRow], float]:
     started = time.perf_counter()
     train(spec)
     seconds = time.perf_counter() - started
-    with open(os.path.join(spec.run_dir, "metrics.csv")) as f:
-        return list(csv.DictReader(f)), seconds
+    return RunFolder(spec.run_dir, spec.storage).read_metrics(), seconds
 
 
 def checkpoint_gb(run_dir: str) -> float:
@@ -187,10 +186,8 @@ def main() -> None:
             estimate = memory_estimate(run_spec, config, longest)
             return {
                 "trainable": estimate.trainable_params,
-                "step_s": statistics.median(
-                    batch / float(r["samples_per_s"]) for r in rows[args.skip :]
-                ),
-                "peak_gb": max(float(r["memory_gb"]) for r in rows),
+                "step_s": statistics.median(batch / r.samples_per_s for r in rows[args.skip :]),
+                "peak_gb": max(r.memory_gb for r in rows),
                 "estimate_gb": estimate.total_gb,
                 "checkpoint_gb": checkpoint_gb(run_spec.run_dir),
             }
@@ -201,14 +198,12 @@ def main() -> None:
             plain = plain_step_seconds(f"{tmp}/model", data, run_spec, args.steps, args.skip)
             rows, _ = run_rows(run_spec)
             batch = args.micro * accumulation
-            ray_step = statistics.median(
-                batch / float(r["samples_per_s"]) for r in rows[args.skip :]
-            )
+            ray_step = statistics.median(batch / r.samples_per_s for r in rows[args.skip :])
             results[accumulation] = {"plain_s": plain, "ray_s": ray_step}
             if accumulation == 1:
                 variants["full"] = measured(run_spec, rows)
         estimate = memory_estimate(run_spec, config, longest)
-        peak_gb = max(float(r["memory_gb"]) for r in rows)
+        peak_gb = max(r.memory_gb for r in rows)
         ckpt_gb = checkpoint_gb(run_spec.run_dir)
         _, fresh_s = run_rows(spec("fresh", 2, 1, 1000))
         _, resumed_s = run_rows(run_spec.model_copy(update={"max_steps": args.steps + 2}))

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 from ray.train import (
     CheckpointConfig,
@@ -35,16 +33,12 @@ from pipelines.ray_env import (
 from pipelines.shards import read_shards
 from pipelines.storage import (
     arrow_filesystem,
-    filesystem,
     fs_path,
-    join,
-    read_json,
-    remove_tree,
-    write_text,
 )
 from pipelines.train.arithmetic import preflight
 from pipelines.train.loop import train_loop
 from pipelines.train.plan import TrainPlan, build_plan
+from pipelines.train.run_folder import RunFolder
 from pipelines.train.spec import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -52,7 +46,6 @@ log = logging.getLogger(__name__)
 # starting) before the run gives up; Ray Train's default is to retry forever.
 STARTUP_RETRIES = 2
 # Ray Train's record of the run's completed checkpoints, in the run directory.
-SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 class TrainSummary(BaseModel):
@@ -86,8 +79,9 @@ def run(spec: TrainSpec) -> TrainSummary:
     # spec's timeout. Then the run fails with WorkerGroupStartupTimeoutError.
     per_try = timeout_s / (STARTUP_RETRIES + 1)
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(per_try)
-    write_text(join(spec.run_dir, "spec.yaml"), yaml.safe_dump(spec.resolved()), spec.storage)
-    drop_unrecorded_checkpoints(spec)
+    run_folder = RunFolder(spec.run_dir, spec.storage)
+    run_folder.write_spec(spec.resolved())
+    run_folder.drop_unrecorded_checkpoints()
     # Reading shards reserves no CPU: the workers hold theirs, and Ray Train leaves Ray Data no
     # budget on a cluster the workers fill (a 1-CPU read would wait forever on a 2-CPU machine).
     trainer = TorchTrainer(
@@ -116,7 +110,7 @@ def run(spec: TrainSpec) -> TrainSummary:
     return TrainSummary(
         metrics=result.metrics or {},
         checkpoint=result.checkpoint.path if result.checkpoint else None,
-        model=join(spec.run_dir, "model"),
+        model=run_folder.model,
         plan=plan,
     )
 
@@ -133,29 +127,6 @@ def training_data(plan: TrainPlan):
     log.info("caching the training data in Ray's object store (%.3f GB)", plan.data_bytes / 1e9)
     with ray_data_settings(preserve_order=True):
         return read_shards(plan.shard_urls, spec.storage, spec.scaling.num_workers).materialize()
-
-
-def drop_unrecorded_checkpoints(spec: TrainSpec) -> None:
-    """Deletes the checkpoint folders of this run that Ray Train's snapshot does not record: a
-    run killed while it wrote one leaves it half-written. Ray resumes from the recorded ones
-    only, so these are never read; removing them frees their space and leaves no torn folder
-    for a person (or a script picking the newest) to take for a checkpoint. A snapshot that
-    cannot be parsed is left for Ray to report."""
-    try:
-        snapshot = read_json(join(spec.run_dir, SNAPSHOT), spec.storage) or {}
-    except ValueError:
-        return
-    recorded = {c["checkpoint_dir_name"] for c in snapshot.get("checkpoint_results", [])}
-    fs = filesystem(spec.run_dir, spec.storage)
-    fs.invalidate_cache()
-    try:
-        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(fs_path(spec.run_dir))]
-    except FileNotFoundError:
-        return
-    for name in sorted(names):
-        if name.startswith("checkpoint_") and name != SNAPSHOT and name not in recorded:
-            log.warning("removing %s: a checkpoint that was never completed", name)
-            remove_tree(join(spec.run_dir, name), spec.storage)
 
 
 def deterministic_ingest() -> DataConfig:

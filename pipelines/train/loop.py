@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import random
 import tempfile
 import time
@@ -26,12 +25,18 @@ from ray.train import Checkpoint
 from pipelines.train.arithmetic import BUCKET_ELEMENTS, trainable_parts
 from pipelines.train.metrics import Meter, peak_rss_gb
 from pipelines.train.model import adapt, build_model, export, parameter_groups
-from pipelines.train.plan import TrainPlan, TrainState
+from pipelines.train.plan import TrainPlan
+from pipelines.train.run_folder import (
+    DEEPSPEED_TAG,
+    MetricsRow,
+    TrainState,
+    read_state,
+    write_state,
+)
 from stf_model.collate import collate, length_grouped_batches, rows_of, shuffled
 from stf_model.modeling import parameter_counts
 
 log = logging.getLogger(__name__)
-STATE_FILE = "train_state.json"
 
 
 @dataclass
@@ -156,9 +161,8 @@ def resume(worker: Worker) -> TrainState:
     if checkpoint is None:
         return TrainState()
     with checkpoint.as_directory() as folder:
-        worker.engine.load_checkpoint(folder, tag="ds", load_module_strict=False)
-        with open(os.path.join(folder, STATE_FILE)) as f:
-            state = TrainState.model_validate_json(f.read())
+        worker.engine.load_checkpoint(folder, tag=DEEPSPEED_TAG, load_module_strict=False)
+        state = read_state(folder)
     if worker.rank == 0:
         log.info("resumed at step %d (epoch %d)", state.step, state.epoch)
     return state
@@ -248,15 +252,15 @@ def _all_ranks_have(flag: bool, device: torch.device) -> bool:
 
 
 def _report_with_checkpoint(
-    engine, state: TrainState, metrics: dict | None, rank: int, trainable_only: bool
+    engine, state: TrainState, metrics: MetricsRow | None, rank: int, trainable_only: bool
 ) -> None:
     """A checkpoint of every rank reported to Ray Train (``trainable_only``: without the frozen
     weights, which a resumed run rebuilds from where it started: a LoRA run's base model)."""
     with tempfile.TemporaryDirectory() as folder:
-        engine.save_checkpoint(folder, tag="ds", exclude_frozen_parameters=trainable_only)
+        engine.save_checkpoint(folder, tag=DEEPSPEED_TAG, exclude_frozen_parameters=trainable_only)
         if rank == 0:
-            with open(os.path.join(folder, STATE_FILE), "w") as f:
-                f.write(state.model_dump_json())
+            write_state(folder, state)
+        reported = metrics.model_dump() if metrics is not None else {}
         ray.train.report(
-            {**(metrics or {}), "step": state.step}, checkpoint=Checkpoint.from_directory(folder)
+            {**reported, "step": state.step}, checkpoint=Checkpoint.from_directory(folder)
         )

@@ -13,24 +13,20 @@ import math
 import os
 import tempfile
 import time
-from typing import Any
 
 import torch
 
-from pipelines.storage import filesystem, fs_path, is_s3, join, upload_dir, write_text
-from pipelines.train.plan import TrainPlan, TrainState
-
-METRIC_COLUMNS = (
-    "step",
-    "epoch",
-    "loss",
-    "lr",
-    "grad_norm",
-    "samples_per_s",
-    "tokens_per_s",
-    "mfu",
-    "memory_gb",
-    "data_wait",
+from pipelines.storage import filesystem, fs_path, is_s3, upload_dir, write_text
+from pipelines.train.plan import TrainPlan
+from pipelines.train.run_folder import (
+    LOSS_PLOT,
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    MetricsRow,
+    RunFolder,
+    TrainState,
+    parse_metrics,
 )
 
 
@@ -48,14 +44,15 @@ class Meter:
         from tqdm import tqdm
 
         spec = plan.spec
-        s3 = is_s3(spec.run_dir)
-        self.local_dir = tempfile.mkdtemp(prefix="stf-logs-") if s3 else fs_path(spec.run_dir)
+        self.run = RunFolder(spec.run_dir, spec.storage)
+        s3 = is_s3(self.run.url)
+        self.local_dir = tempfile.mkdtemp(prefix="stf-logs-") if s3 else fs_path(self.run.url)
         os.makedirs(self.local_dir, exist_ok=True)
-        path = os.path.join(self.local_dir, "metrics.csv")
+        path = os.path.join(self.local_dir, METRICS_FILE)
         if s3:
-            fs = filesystem(spec.run_dir, spec.storage)
+            fs = filesystem(self.run.url, spec.storage)
             with contextlib.suppress(FileNotFoundError):
-                fs.get_file(fs_path(join(spec.run_dir, "metrics.csv")), path)
+                fs.get_file(fs_path(self.run.metrics), path)
         fresh = not os.path.exists(path)
         if not fresh:
             _drop_torn_last_line(path)
@@ -63,7 +60,7 @@ class Meter:
         self.csv = csv.writer(self.csv_file)
         if fresh:
             self.csv.writerow(METRIC_COLUMNS)
-        self.writer = SummaryWriter(os.path.join(self.local_dir, "tensorboard"))
+        self.writer = SummaryWriter(os.path.join(self.local_dir, TENSORBOARD_DIR))
         self.bar = tqdm(total=plan.total_steps, desc=f"{spec.stage} {spec.name}", unit="step")
 
     def _reset(self) -> None:
@@ -79,7 +76,7 @@ class Meter:
         self.window_samples += int(batch["input_ids"].shape[0])
         self.window_tokens += int(batch["attention_mask"].sum())
 
-    def step(self, state: TrainState, grad_norm: float | None, lr: float) -> dict | None:
+    def step(self, state: TrainState, grad_norm: float | None, lr: float) -> MetricsRow | None:
         """Counts an optimizer step; returns a metrics row when one is due (else None)."""
         world = self.plan.world_size
         state.samples += self.window_samples * world
@@ -95,42 +92,39 @@ class Meter:
             self._write(metrics, state.step)
         return metrics
 
-    def _row(self, state: TrainState, grad_norm: float | None, lr: float) -> dict[str, Any]:
+    def _row(self, state: TrainState, grad_norm: float | None, lr: float) -> MetricsRow:
         world = self.plan.world_size
         elapsed = time.perf_counter() - self.started
         tokens_per_s = self.window_tokens * world / elapsed
         flops = self.plan.flops_per_token * tokens_per_s / world
-        return {
-            "step": state.step,
-            "epoch": state.epoch,
-            "loss": sum(self.window_loss) / max(len(self.window_loss), 1),
-            "lr": lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "samples_per_s": self.window_samples * world / elapsed,
-            "tokens_per_s": tokens_per_s,
-            "mfu": flops / self.plan.peak_flops if self.plan.peak_flops else float("nan"),
-            "memory_gb": memory_gb(self.baseline_gb),
-            "data_wait": self.window_data_s / elapsed,  # share of the time spent waiting for data
-        }
+        return MetricsRow(
+            step=state.step,
+            epoch=state.epoch,
+            loss=sum(self.window_loss) / max(len(self.window_loss), 1),
+            lr=lr,
+            grad_norm=float(grad_norm) if grad_norm is not None else math.nan,
+            samples_per_s=self.window_samples * world / elapsed,
+            tokens_per_s=tokens_per_s,
+            mfu=flops / self.plan.peak_flops if self.plan.peak_flops else math.nan,
+            memory_gb=memory_gb(self.baseline_gb),
+            data_wait=self.window_data_s / elapsed,
+        )
 
-    def _write(self, metrics: dict[str, Any], step: int) -> None:
-        self.csv.writerow([metrics[c] for c in METRIC_COLUMNS])
+    def _write(self, row: MetricsRow, step: int) -> None:
+        self.csv.writerow([getattr(row, c) for c in METRIC_COLUMNS])
         self.csv_file.flush()
-        for key, value in metrics.items():
-            # NaN means "not measured here" (mfu without a known peak FLOP/s, a grad_norm the
-            # engine did not report): the CSV keeps it, TensorBoard gets no point (tensorboardX
-            # would log a warning for every one).
-            if key != "step" and not math.isnan(value):
-                self.writer.add_scalar(f"train/{key}", value, step)
-        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+        # The CSV keeps NaN; TensorBoard gets no point for it (tensorboardX would log a warning
+        # for every one).
+        for key, value in row.measured().items():
+            self.writer.add_scalar(f"train/{key}", value, step)
+        self.bar.set_postfix(loss=f"{row.loss:.4f}", lr=f"{row.lr:.2e}")
 
     def sync(self) -> None:
         """Rank 0 of an S3 run uploads ``metrics.csv`` (called as a checkpoint is written, so the
         rows up to every recorded checkpoint are in the run directory)."""
-        spec = self.plan.spec
-        if self.rank == 0 and is_s3(spec.run_dir):
-            with open(os.path.join(self.local_dir, "metrics.csv"), newline="") as f:
-                write_text(join(spec.run_dir, "metrics.csv"), f.read(), spec.storage)
+        if self.rank == 0 and is_s3(self.run.url):
+            with open(os.path.join(self.local_dir, METRICS_FILE), newline="") as f:
+                write_text(self.run.metrics, f.read(), self.run.storage)
 
     def close(self) -> None:
         """Closes the logs; rank 0 draws the loss curve and uploads the logs of an S3 run."""
@@ -140,9 +134,8 @@ class Meter:
         self.writer.close()
         self.csv_file.close()
         plot_loss(self.local_dir)
-        spec = self.plan.spec
-        if is_s3(spec.run_dir):
-            upload_dir(self.local_dir, spec.run_dir, spec.storage)
+        if is_s3(self.run.url):
+            upload_dir(self.local_dir, self.run.url, self.run.storage)
 
 
 def _drop_torn_last_line(path: str) -> None:
@@ -172,7 +165,7 @@ def peak_rss_gb() -> float:
 
 def plot_loss(log_dir: str) -> None:
     """``loss.png`` from ``metrics.csv`` in ``log_dir``."""
-    path = os.path.join(log_dir, "metrics.csv")
+    path = os.path.join(log_dir, METRICS_FILE)
     if not os.path.exists(path):
         return
     import matplotlib
@@ -181,14 +174,14 @@ def plot_loss(log_dir: str) -> None:
     import matplotlib.pyplot as plt
 
     with open(path) as f:
-        rows = list(csv.DictReader(f))
-    steps = [int(r["step"]) for r in rows]
-    losses = [float(r["loss"]) for r in rows]
+        rows = parse_metrics(f.read())
+    steps = [r.step for r in rows]
+    losses = [r.loss for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, losses, marker="o", markersize=3)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(log_dir, "loss.png"), dpi=100)
+    fig.savefig(os.path.join(log_dir, LOSS_PLOT), dpi=100)
     plt.close(fig)

@@ -12,8 +12,9 @@ import torch
 
 from pipelines.model_folder import local_model_folder
 from pipelines.models import load_model
-from pipelines.storage import join, upload_dir
+from pipelines.storage import upload_dir
 from pipelines.train.arithmetic import trainable_parts
+from pipelines.train.run_folder import RunFolder
 from pipelines.train.spec import TrainSpec
 from stf_model import STFForConditionalGeneration, save_model_dir
 from stf_model.lora import (
@@ -98,11 +99,11 @@ def export(module: torch.nn.Module, tokenizer, spec: TrainSpec) -> None:
         with tempfile.TemporaryDirectory() as folder:
             base = local_model_folder(spec.start_from, spec.storage)
             save_adapter(module, folder, base, spec.start_from)
-            upload_dir(folder, join(spec.run_dir, "adapter"), spec.storage)
+            upload_dir(folder, RunFolder(spec.run_dir, spec.storage).adapter, spec.storage)
             if spec.lora.quantize is None:
                 module = merged(module)
             else:  # QLoRA: into the starting weights, not their 4-bit approximation
                 module = load_adapter(build_model(spec, quantize=False)[0], folder)
     with tempfile.TemporaryDirectory() as folder:
         save_model_dir(module, tokenizer, folder)
-        upload_dir(folder, join(spec.run_dir, "model"), spec.storage)
+        upload_dir(folder, RunFolder(spec.run_dir, spec.storage).model, spec.storage)

@@ -39,16 +39,6 @@ class TrainPlan(BaseModel):
     peak_flops: float  # per worker; 0 when unknown (MFU is then not reported)
 
 
-class TrainState(BaseModel):
-    """Where a run is; saved with every checkpoint and read back on resume."""
-
-    step: int = 0
-    epoch: int = 0
-    micro_in_epoch: int = 0  # micro-batches of this epoch already consumed
-    samples: int = 0
-    tokens: int = 0
-
-
 def build_plan(spec: TrainSpec, config: STFConfig) -> TrainPlan:
     """Checks every shard folder against the model (image size, ``<image>`` id, tokenizer) and
     computes the step budget. Raises :class:`~pipelines.errors.InputError` on a mismatch."""

@@ -245,7 +245,7 @@ def test_a_worker_node_removed_mid_run_is_replaced_and_the_run_finishes(
         trained_on_after |= _training_nodes(gcs_address)
         time.sleep(0.2)
     assert not thread.is_alive() and result["metrics"]["step"] == STEPS
-    steps = [int(r["step"]) for r in metrics_rows(spec.run_dir)]
+    steps = [r.step for r in metrics_rows(spec.run_dir)]
     assert len(steps) > STEPS  # the steps since the checkpoint ran again
     assert _losses(spec) == _losses(uninterrupted[0])
     # The autoscaler sometimes starts a third node with the run's first two (its log: two nodes

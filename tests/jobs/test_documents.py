@@ -12,7 +12,8 @@ from pipelines.infer.job import InferSummary
 from pipelines.shards import MANIFEST, read_manifest
 from pipelines.spec import StorageOptions
 from pipelines.train import TrainSpec
-from pipelines.train.plan import TrainPlan, TrainState
+from pipelines.train.plan import TrainPlan
+from pipelines.train.run_folder import METRIC_COLUMNS, RunFolder, TrainState
 
 STORAGE = StorageOptions()
 
@@ -73,6 +74,7 @@ def plan_fields(spec: TrainSpec) -> dict:
         spec=spec,
         shard_urls=["/d/shards/a.parquet"],
         rows=48,
+        data_bytes=350_000,
         world_size=2,
         micro_per_epoch=6,
         steps_per_epoch=6,
@@ -100,3 +102,23 @@ def test_the_train_plan_is_frozen_and_refuses_a_wrong_key():
         TrainPlan(**missing)
     state = TrainState(step=5, epoch=1, micro_in_epoch=3)
     assert TrainState.model_validate_json(state.model_dump_json()) == state
+
+
+def test_the_run_folder_reads_metrics_typed_and_leaves_out_a_row_being_written(tmp_path):
+    run = RunFolder(str(tmp_path / "run"), STORAGE)
+    assert run.read_metrics() == []  # before the first row
+    (tmp_path / "run").mkdir()
+    header = ",".join(METRIC_COLUMNS)
+    rows = [
+        "1,0,6.25,0.001,1.5,40.0,900.0,nan,0.2,0.05",
+        "2,0,6.0,0.001,nan,41.0,910.0,nan,0.2,0.04",
+    ]
+    torn = "3,0,5.9,0.0"
+    (tmp_path / "run" / "metrics.csv").write_text("\n".join([header, *rows, torn]))
+    first, second = run.read_metrics()
+    assert (first.step, first.loss, second.step, second.loss) == (1, 6.25, 2, 6.0)
+    assert "mfu" not in first.measured() and first.measured()["grad_norm"] == 1.5
+    assert set(second.measured()) == set(METRIC_COLUMNS) - {"step", "mfu", "grad_norm"}
+    (tmp_path / "run" / "metrics.csv").write_text(f"{header}\n1,0,6.25\n")
+    with pytest.raises(ValidationError, match="lr"):
+        run.read_metrics()  # a whole row with columns missing is an error, not a guess

@@ -2,7 +2,6 @@
 ZeRO-1 and ZeRO-2, the first ZeRO-2 step equals a plain PyTorch step, pretraining freezes what it
 should, runs resume by name, a killed worker is replaced, and the export reloads and generates."""
 
-import csv
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from pipelines.train import TrainSpec
 from pipelines.train.job import run
 from pipelines.train.model import build_model
 from pipelines.train.plan import build_plan
+from pipelines.train.run_folder import parse_metrics
 from stf_model import STFForConditionalGeneration, load_model_dir
 from stf_model.collate import collate
 
@@ -125,18 +125,18 @@ def tensorboard_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
 
 def check_loss_falls_and_only_the_projector_moved(spec, summary):
     rows = metrics(spec)
-    assert [int(r["step"]) for r in rows] == list(range(1, 13))
-    losses = [float(r["loss"]) for r in rows]
+    assert [r.step for r in rows] == list(range(1, 13))
+    losses = [r.loss for r in rows]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
     assert summary.metrics["step"] == 12
     for key in ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "memory_gb"):
-        assert float(rows[-1][key]) >= 0
+        assert getattr(rows[-1], key) >= 0
     assert os.path.exists(os.path.join(spec.run_dir, "loss.png"))
     scalars = tensorboard_scalars(os.path.join(spec.run_dir, "tensorboard"))
     assert [step for step, _ in scalars["train/loss"]] == list(range(1, 13))
     # On CPU there is no peak FLOP/s, so mfu is NaN in the CSV and has no TensorBoard point;
     # every point written is a number.
-    assert "train/mfu" not in scalars and rows[-1]["mfu"] == "nan"
+    assert "train/mfu" not in scalars and math.isnan(rows[-1].mfu)
     assert all(math.isfinite(v) for points in scalars.values() for _, v in points)
 
     start, _ = build_model(spec)  # the same seed: the weights the run started from
@@ -227,7 +227,7 @@ def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(shards, tmp
     first = spec_for(tmp_path, "resume", shards["pretrain"], max_steps=5, checkpoint_every=5)
     run(first)
     summary = run(first.model_copy(update={"max_steps": 9}))
-    steps = [int(r["step"]) for r in metrics(first)]
+    steps = [r.step for r in metrics(first)]
     assert steps == list(range(1, 10)), steps  # 1-5, then 6-9 after resuming: never from 1 again
     assert summary.metrics["step"] == 9
 
@@ -253,7 +253,7 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes(ray_local, shards, pre
     assert killed is not None, "never saw the run reach a checkpoint"
     thread.join(timeout=300)
     assert not thread.is_alive() and result["metrics"]["step"] == 12
-    steps = [int(r["step"]) for r in metrics(spec)]
+    steps = [r.step for r in metrics(spec)]
     assert steps[-1] == 12 and len(steps) > 12  # some steps re-ran after the restore
     assert_same_trajectory(spec, pretrained[0])
 
@@ -288,12 +288,12 @@ def test_a_job_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_
     kill_cli_job_when(["train", str(path)], ray_local, mid_checkpoint, poll_s=0.002)
     with open(os.path.join(spec.run_dir, "checkpoint_manager_snapshot.json")) as f:
         complete = [c["metrics"]["step"] for c in json.load(f)["checkpoint_results"]]
-    killed_at = max(int(r["step"]) for r in metrics(spec))
+    killed_at = max(r.step for r in metrics(spec))
     assert complete and killed_at > max(complete), (complete, killed_at)
 
     summary = run(spec)
     assert summary.metrics["step"] == 12
-    steps = [int(r["step"]) for r in metrics(spec)]
+    steps = [r.step for r in metrics(spec)]
     # The killed run's steps, then the re-run from the step after its last complete checkpoint.
     resumed_from = max(complete) + 1
     assert steps == list(range(1, killed_at + 1)) + list(range(resumed_from, 13)), steps
@@ -334,7 +334,7 @@ def test_s3_going_away_mid_checkpoint_is_ridden_out(shards, pretrained, s3_serve
         relay.close()
     assert summary.metrics["step"] == 12
     with direct.open("outage/runs/s3/metrics.csv", "r") as f:
-        rows = list(csv.DictReader(f))
+        rows = parse_metrics(f.read())
     assert losses_by_step(rows) == losses_by_step(metrics(pretrained[0]))
     assert direct.exists("outage/runs/s3/model/model.safetensors")
     direct.rm("outage", recursive=True)
@@ -421,7 +421,7 @@ def test_a_finetune_with_the_tower_unfrozen_trains_all_three_under_zero2_and_exp
     ):
         assert not torch.equal(before[part], after[part]), part
     rows = metrics(spec)
-    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert [r.step for r in rows] == list(range(1, 9))
     assert_generates(model, processor)
 
 

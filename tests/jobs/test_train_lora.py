@@ -358,11 +358,7 @@ def test_lora_with_the_tower_in_bf16_zero1_resumes_bit_exactly_after_a_killed_wo
     thread.start()
     deadline, killed = time.monotonic() + 240, None
     while time.monotonic() < deadline and killed is None and thread.is_alive():
-        rows = (
-            metrics_rows(spec.run_dir)
-            if os.path.exists(os.path.join(spec.run_dir, "metrics.csv"))
-            else []
-        )
+        rows = metrics_rows(spec.run_dir)
         if len(rows) > 5:  # past the step-4 checkpoint
             workers = [p.pid for p in actor_processes("RayTrainWorker", ray_local)]
             if workers:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-import os
 from collections.abc import Iterable
-from typing import Any
+
+from pipelines.spec import StorageOptions
+from pipelines.train.run_folder import MetricsRow, RunFolder
 
 
-def metrics_rows(run_dir: str) -> list[dict[str, str]]:
-    """The rows of ``RUN/metrics.csv``, in the order they were written."""
-    with open(os.path.join(run_dir, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
+def metrics_rows(run_dir: str) -> list[MetricsRow]:
+    """The rows of a local run's ``metrics.csv``, in the order they were written."""
+    return RunFolder(run_dir, StorageOptions()).read_metrics()
 
 
-def losses_by_step(rows: Iterable[dict[str, Any]]) -> dict[int, str]:
-    """Each step's loss as written; a step re-run after a restore counts with its last row (what
-    the README documents)."""
-    return {int(r["step"]): r["loss"] for r in rows}
+def losses_by_step(rows: Iterable[MetricsRow]) -> dict[int, float]:
+    """Each step's loss; a step re-run after a restore counts with its last row (what the docs
+    describe). The CSV holds each loss at full precision, so equal losses mean equal bits."""
+    return {row.step: row.loss for row in rows}
