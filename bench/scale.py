@@ -468,7 +468,7 @@ def _skip_cost(spec_path: str) -> tuple[float, int]:
     and take them out (the same calls as the job's)."""
     import pyarrow.compute as pc
 
-    from pipelines.infer.job import read_output
+    from pipelines.infer.output import read_output
     from pipelines.infer.rows import list_rows
     from pipelines.infer.spec import InferSpec
     from pipelines.spec import load_spec

@@ -58,8 +58,8 @@ def _placeholders(questions: list[Question]) -> list[Answer]:
 
 
 def _generate(spec: EvalSpec, benchmark: Benchmark) -> tuple[list[Question], list[Answer], int]:
-    from pipelines.infer.job import read_output
     from pipelines.infer.job import run as run_inference
+    from pipelines.infer.output import read_output
 
     benchmark.check()
     questions = benchmark.questions(join(spec.output, "staging"))

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
 from pipelines.images import checked_image
+from pipelines.infer.output import OUTPUT_SCHEMA
 from pipelines.infer.spec import InferSpec
 from pipelines.storage import read_many
 from stf_model.errors import ModelInputError
@@ -15,21 +14,6 @@ from stf_model.records import RecordError
 
 if TYPE_CHECKING:
     from stf_model.generation import Completion
-
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("image", pa.string()),
-        ("prompt", pa.string()),
-        ("answer", pa.string()),
-        ("finish_reason", pa.string()),
-        ("prompt_tokens", pa.int32()),
-        ("completion_tokens", pa.int32()),
-        ("error", pa.string()),  # why a row got no answer: a reason code (pipelines.reasons)
-        ("error_detail", pa.string()),  # and what exactly, for a person
-        ("model_id", pa.string()),
-    ]
-)
 
 
 class Answerer:

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from pipelines.errors import InputError, MissingInput
 from pipelines.eval.report import EvalReport
-from pipelines.infer.job import InferSummary
+from pipelines.infer.output import InferSummary
 from pipelines.shards import MANIFEST, read_manifest
 from pipelines.spec import StorageOptions
 from pipelines.train import TrainSpec

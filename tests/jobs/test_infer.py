@@ -14,8 +14,8 @@ from PIL import Image
 from support.jobkill import kill_cli_job_when
 
 from pipelines.infer import InferSpec
-from pipelines.infer.job import read_output
 from pipelines.infer.job import run as run_infer
+from pipelines.infer.output import read_output
 
 
 def _images(folder: Path, n: int) -> list[Path]:

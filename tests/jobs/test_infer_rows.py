@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipelines.errors import InputError, MissingInput
 from pipelines.infer import InferSpec
-from pipelines.infer.job import claim_output
+from pipelines.infer.output import claim_output
 from pipelines.infer.rows import list_rows
 
 

@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.infer import InferSpec
-from pipelines.infer.job import read_output
-from pipelines.infer.replica import OUTPUT_SCHEMA
+from pipelines.infer.output import OUTPUT_SCHEMA, read_output
 from pipelines.infer.rows import iter_records, list_rows
 from pipelines.spec import StorageOptions
 from pipelines.storage import write_lines
