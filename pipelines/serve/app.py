@@ -16,7 +16,6 @@ import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -24,6 +23,15 @@ from ray import serve
 
 from pipelines.models import load_generator
 from pipelines.serve import protocol
+from pipelines.serve.events import (
+    GENERATE_ENDED,
+    Delta,
+    Failed,
+    RowMark,
+    RowNews,
+    ends_row,
+    merge_queued,
+)
 from pipelines.serve.intake import Intake
 from pipelines.serve.page import chat_page
 from pipelines.serve.protocol import APIError
@@ -76,24 +84,6 @@ async def _bad_method(request: Request, _err) -> JSONResponse:
 
 def _median_ms(seconds: deque[float]) -> float | None:
     return round(statistics.median(seconds) * 1e3, 3) if seconds else None
-
-
-def _drain(events: asyncio.Queue, item: Any, done: list[bool]) -> tuple[list[Any], bool]:
-    """Merges ``item`` and every event already queued into one step: per row the text that
-    arrived with its latest finish reason and token count, ``None`` for rows with no news, or
-    ``StopIteration`` for rows finished earlier. Also says whether the thread has finished."""
-    step: list[Any] = [StopIteration if d else None for d in done]
-    finished_thread = False
-    while True:
-        if item is None:
-            finished_thread = True
-        else:
-            row, text, reason, tokens = item
-            previous = step[row][0] if isinstance(step[row], tuple) else ""
-            step[row] = (previous + text, reason, tokens)
-        if events.empty():
-            return step, finished_thread
-        item = events.get_nowait()
 
 
 # Defined after everything it names: @serve.ingress captures the class, and what it refers to,
@@ -175,9 +165,9 @@ class ChatServer:
             events = self._sse(prompt, prompt_tokens, completion_id, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
         text, finish, completion_tokens = "", "stop", 0
-        async for delta, reason, tokens in self._run(prompt):
-            text += delta
-            finish, completion_tokens = reason or finish, tokens
+        async for delta in self._run(prompt):
+            text += delta.text
+            finish, completion_tokens = delta.finish_reason or finish, delta.tokens
         image_tokens = len(prompt.images) * self.image_tokens
         answer = protocol.completion_body(
             completion_id,
@@ -192,8 +182,8 @@ class ChatServer:
         return answer
 
     # -- generation --
-    async def _run(self, prompt: ChatPrompt) -> AsyncIterator[tuple[str, str | None, int]]:
-        """(new text, finish reason or None, tokens so far) for one request, from its batch."""
+    async def _run(self, prompt: ChatPrompt) -> AsyncIterator[Delta]:
+        """One request's deltas, from its batch."""
         self.requests += 1
         # The batch window only pays when others are about to arrive. A request that finds the
         # replica idle (nothing queued, nothing generating) runs at once as a batch of one,
@@ -206,11 +196,11 @@ class ChatServer:
             steps = self._generate_rows([prompt]) if alone else self._generate_batch(prompt)
             async for step in steps:
                 event = step[0] if alone else step  # Serve hands each request its own entry
-                if event is StopIteration:
+                if event is RowMark.FINISHED:
                     break
-                if isinstance(event, Exception):
-                    raise event  # this request's own failure: a generic 500, logged
-                if event is not None:
+                if isinstance(event, Failed):
+                    raise event.error  # this request's own failure: a generic 500, logged
+                if isinstance(event, Delta):
                     yield event
         finally:
             self.active -= 1
@@ -225,14 +215,15 @@ class ChatServer:
 
     async def _generate_rows(self, prompts: list[ChatPrompt]):
         """Runs one ``generate`` for the batch on the generate thread and yields, per step, one
-        entry per prompt: its news, ``None`` (nothing new), its exception if it failed, or
-        ``StopIteration`` once it has finished."""
+        :data:`~pipelines.serve.events.RowEvent` per prompt; a step only when some row has news
+        (a delta or its failure)."""
         self.batch_sizes[len(prompts)] += 1
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
+        events: asyncio.Queue[RowNews | object] = asyncio.Queue()
 
-        def on_delta(row: int, text: str, reason, tokens: int) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (row, text, reason, tokens))
+        def on_delta(row: int, text: str, reason: str | None, tokens: int) -> None:
+            news = RowNews(row, Delta(text, reason, tokens))
+            loop.call_soon_threadsafe(events.put_nowait, news)
 
         def generate() -> list:
             started = time.perf_counter()
@@ -242,23 +233,19 @@ class ChatServer:
                 self.timings["generate"].append(time.perf_counter() - started)
 
         work = loop.run_in_executor(self.generate_thread, generate)
-        work.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
-        done = [False] * len(prompts)
-        finished_thread = False
-        while not finished_thread:
-            step, finished_thread = _drain(events, await events.get(), done)
-            if finished_thread:  # a row that failed gets its own error, and only that row
+        ended = lambda _: loop.call_soon_threadsafe(events.put_nowait, GENERATE_ENDED)  # noqa: E731
+        work.add_done_callback(ended)
+        finished = [False] * len(prompts)
+        thread_ended = False
+        while not thread_ended:
+            step, thread_ended = merge_queued(events, await events.get(), finished)
+            if thread_ended:  # a row that failed gets its own error, and only that row
                 for row, result in enumerate(await work):
-                    if isinstance(result, Exception) and not done[row]:
-                        step[row] = result
-            for row, entry in enumerate(step):
-                if (
-                    isinstance(entry, Exception)
-                    or isinstance(entry, tuple)
-                    and entry[1] is not None
-                ):
-                    done[row] = True
-            if any(isinstance(entry, tuple) for entry in step):
+                    if isinstance(result, Exception) and not finished[row]:
+                        step[row] = Failed(result)
+            for row, event in enumerate(step):
+                finished[row] = finished[row] or ends_row(event)
+            if any(not isinstance(event, RowMark) for event in step):
                 yield step
         # Serve ends the streams of requests still open when this generator returns.
 
@@ -273,12 +260,12 @@ class ChatServer:
         yield chunk({"role": "assistant", "content": ""}, None)
         completion_tokens = 0
         try:
-            async for delta, reason, tokens in self._run(prompt):
-                completion_tokens = tokens
-                if delta:
-                    yield chunk({"content": delta}, None)
-                if reason is not None:
-                    yield chunk({}, reason)
+            async for delta in self._run(prompt):
+                completion_tokens = delta.tokens
+                if delta.text:
+                    yield chunk({"content": delta.text}, None)
+                if delta.final:
+                    yield chunk({}, delta.finish_reason)
         except Exception as err:  # headers are gone: report in-band, as OpenAI's API does
             yield protocol.sse_error(_logged_server_error(f"stream {completion_id}", err))
         if include_usage:
