@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from support.benchmark_files import read_jsonl
 from support.jobkill import kill_cli_job_when
 
 from pipelines.infer import InferSpec
@@ -80,9 +81,7 @@ def test_folder_with_broken_images_gives_error_rows(ray_local, model_dir, tmp_pa
         [ChatPrompt(text, [Image.open(good[0]).convert("RGB")], SamplingParams(5, temperature=0))]
     )[0]
     assert row["answer"] == expected.text
-    answers = [
-        json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()
-    ]
+    answers = read_jsonl(tmp_path / "out" / "answers.jsonl")
     assert len(answers) == 11 and {"question_id", "prompt", "text", "model_id"} <= set(answers[0])
     refused = next(a for a in answers if a["question_id"] == "broken.png")
     assert (

@@ -33,6 +33,10 @@ def jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def answers(path: Path, pairs: list[tuple], **extra) -> Path:
     """LLaVA's answers file from (question_id, text) or (question_id, prompt, text) tuples."""
     lines = []

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from support import benchmark_files as bf
+from support.benchmark_files import read_jsonl
+from support.eval_runs import eval_spec
 from support.report_page import read_page
 
 from pipelines.errors import InputError, MissingInput
@@ -20,20 +22,7 @@ from pipelines.eval.spec import EvalSpec
 
 def evaluate(tmp_path: Path, **fields):
     """Runs `stf eval` on an answers file; returns the report."""
-    data = {"output": str(tmp_path / "out")}
-    for key, value in fields.items():
-        data[key] = (
-            [str(v) for v in value]
-            if isinstance(value, list)
-            else str(value)
-            if isinstance(value, Path)
-            else value
-        )
-    return run(EvalSpec.model_validate(data))
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return run(eval_spec(output=tmp_path / "out", **fields))
 
 
 POPE_ANSWERS = [
@@ -84,7 +73,7 @@ def test_pope_counts_a_missing_answer_as_wrong_and_says_how_many(tmp_path):
 def test_pope_refuses_a_label_file_of_another_version(tmp_path):
     files = bf.pope(tmp_path / "pope")
     labels = files["annotations"] / "coco_pope_random.json"
-    rows = lines(labels)
+    rows = read_jsonl(labels)
     bf.jsonl(labels, [rows[1], rows[0]])  # another order: positional pairing would misalign
     answers = bf.answers(tmp_path / "a.jsonl", POPE_ANSWERS)
     with pytest.raises(InputError, match="random question 1 .* differ"):
@@ -101,7 +90,7 @@ def test_pope_refuses_a_label_file_of_another_version(tmp_path):
 )
 def test_pope_refuses_questions_its_labels_cannot_pair(tmp_path, change, message):
     files = bf.pope(tmp_path / "pope")
-    rows = lines(files["questions"])
+    rows = read_jsonl(files["questions"])
     if change == "category":
         rows[0]["category"] = "unknown"
     elif change == "extra":
@@ -116,7 +105,7 @@ def test_pope_refuses_questions_its_labels_cannot_pair(tmp_path, change, message
 
 def test_pope_a_label_line_no_question_asks_is_counted_unanswered(tmp_path):
     files = bf.pope(tmp_path / "pope")
-    rows = lines(files["questions"])
+    rows = read_jsonl(files["questions"])
     bf.jsonl(files["questions"], [r for r in rows if r["question_id"] != 4])  # the last one
     answers = bf.answers(tmp_path / "a.jsonl", [a for a in POPE_ANSWERS if a[0] != 4])
     report = evaluate(tmp_path, benchmark="pope", answers=answers, **files)
@@ -126,7 +115,7 @@ def test_pope_a_label_line_no_question_asks_is_counted_unanswered(tmp_path):
 
 def test_mme_by_hand_in_both_folder_layouts(tmp_path):
     files = bf.mme(tmp_path / "mme")
-    questions = lines(files["questions"])
+    questions = read_jsonl(files["questions"])
     texts = ["Yes", "No", "yes", "Yes", "Yes", "no", "I think yes", "No"]
     answers = bf.answers(
         tmp_path / "a.jsonl",
@@ -143,7 +132,7 @@ def test_mme_by_hand_in_both_folder_layouts(tmp_path):
 
 def test_mme_without_an_answer_loses_the_image_too(tmp_path):
     files = bf.mme(tmp_path / "mme")
-    questions = lines(files["questions"])
+    questions = read_jsonl(files["questions"])
     right = [("Yes", "No"), ("Yes", "No"), ("Yes", "No"), ("Yes", "No")]
     texts = [t for pair in right for t in pair]
     pairs = [(q["question_id"], q["text"], t) for q, t in zip(questions, texts, strict=True)][1:]
@@ -254,7 +243,7 @@ def test_gqa_textvqa_vqav2_by_hand(tmp_path):
     assert report.metrics["binary"] == 100.0 and report.metrics["open"] == 50.0
 
     textvqa = bf.textvqa(tmp_path / "tv")
-    questions = lines(textvqa["questions"])
+    questions = read_jsonl(textvqa["questions"])
     pairs = [
         (q["question_id"], q["text"], t)
         for q, t in zip(questions, ["Dakota", "Copenhagen", "30."], strict=True)
@@ -633,7 +622,7 @@ def test_annotations_may_be_the_folders_that_hold_the_files(tmp_path):
     )
     assert report.score == pytest.approx((1 + 1 + 0.6) / 3 * 100)
     mme = bf.mme(tmp_path / "MME")  # LLaVA's MME/ holds MME_Benchmark_release_version
-    questions = lines(mme["questions"])
+    questions = read_jsonl(mme["questions"])
     pairs = [(q["question_id"], q["text"], "Yes") for q in questions]
     report = evaluate(
         tmp_path / "m",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from support import benchmark_files as bf
+from support.benchmark_files import read_jsonl
+from support.eval_runs import eval_spec
 from support.report_page import read_page
 
 from pipelines.eval.job import run, summary_line
@@ -22,21 +24,12 @@ GENERATION = {"max_new_tokens": 3, "batch_size": 8}
 
 
 def evaluate(model_dir: str, output: Path, **fields) -> tuple[EvalSpec, object]:
-    data = {"model": {"path": model_dir}, "output": str(output), "inference": GENERATION}
-    for key, value in fields.items():
-        data[key] = (
-            [str(v) for v in value]
-            if isinstance(value, list)
-            else str(value)
-            if isinstance(value, Path)
-            else value
-        )
-    spec = EvalSpec.model_validate(data)
+    spec = eval_spec(model={"path": model_dir}, output=output, inference=GENERATION, **fields)
     return spec, run(spec)
 
 
 def answers_of(output: Path) -> list[dict]:
-    return [json.loads(line) for line in (output / "answers.jsonl").read_text().splitlines()]
+    return read_jsonl(output / "answers.jsonl")
 
 
 @pytest.fixture(scope="module")
