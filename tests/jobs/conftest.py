@@ -39,6 +39,33 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shards(ray_local, tmp_path_factory) -> dict[str, str]:
+    """One synthetic corpus (48 images, seed 4) preprocessed per template, 16 rows a shard:
+    ``{"pretrain": captions with `plain`, "finetune": conversations with `vicuna_v1`}``. What
+    the training tests read (none writes into them)."""
+    from pipelines.preprocess import PreprocessSpec
+    from pipelines.preprocess.job import run as preprocess
+    from pipelines.synth.corpus import write_corpus
+
+    root = tmp_path_factory.mktemp("shards")
+    write_corpus(root / "corpus", n=48, seed=4, n_eval=0)
+    out = {}
+    for name, file, template in (
+        ("pretrain", "pretrain.json", "plain"),
+        ("finetune", "finetune.jsonl", "vicuna_v1"),
+    ):
+        out[name] = str(root / name)
+        spec = PreprocessSpec(
+            inputs=[str(root / "corpus" / file)],
+            output=out[name],
+            template=template,
+            rows_per_shard=16,
+        )
+        preprocess(spec)
+    return out
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 protocol server on 127.0.0.1 (a real HTTP endpoint, not an in-process mock);
     yields its endpoint URL and stops it at the end."""

@@ -21,7 +21,6 @@ from support.run_metrics import losses_by_step, metrics_rows
 from pipelines.models import load_config
 from pipelines.preprocess import PreprocessSpec
 from pipelines.preprocess.job import run as preprocess
-from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
 from pipelines.train.job import run
 from pipelines.train.model import build_model
@@ -31,27 +30,6 @@ from stf_model import STFForConditionalGeneration, load_model_dir
 from stf_model.collate import collate
 
 pytestmark = pytest.mark.usefixtures("ray_local")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-data")
-    write_corpus(root / "corpus", n=48, seed=4, n_eval=0)
-    out = {}
-    for name, file, template in (
-        ("pretrain", "pretrain.json", "plain"),
-        ("finetune", "finetune.jsonl", "vicuna_v1"),
-    ):
-        out[name] = str(root / name)
-        preprocess(
-            PreprocessSpec(
-                inputs=[str(root / "corpus" / file)],
-                output=out[name],
-                template=template,
-                rows_per_shard=16,
-            )
-        )
-    return out
 
 
 def spec_for(tmp_path, name, data, **overrides):

@@ -19,10 +19,7 @@ from support.jobkill import actor_processes
 from support.run_metrics import losses_by_step, metrics_rows
 
 from pipelines.errors import SpecError
-from pipelines.preprocess import PreprocessSpec
-from pipelines.preprocess.job import run as preprocess
 from pipelines.spec import load_spec
-from pipelines.synth.corpus import write_corpus
 from pipelines.train import TrainSpec
 from pipelines.train.job import run
 from stf_model import load_model_dir
@@ -33,16 +30,13 @@ R, ALPHA = 4, 8.0
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def base(shards, tmp_path_factory):
     """Finetuning shards and a tiny model directory to adapt: (shards folder, model dir)."""
     from stf_model import build_tiny, save_model_dir
 
     root = tmp_path_factory.mktemp("lora")
-    write_corpus(root / "corpus", n=48, seed=4, n_eval=0)
-    corpus = str(root / "corpus" / "finetune.jsonl")
-    preprocess(PreprocessSpec(inputs=[corpus], output=str(root / "finetune"), rows_per_shard=16))
     save_model_dir(*build_tiny(seed=3), root / "base")
-    return str(root / "finetune"), str(root / "base")
+    return shards["finetune"], str(root / "base")
 
 
 def lora_spec(root, name, data, **overrides) -> TrainSpec:
