@@ -77,3 +77,38 @@ def test_make_demo_ends_with_the_report_and_the_chat_page(tmp_path):
     ).stdout.splitlines()
     assert lines[0].startswith(f"demo: the evaluation report is {tmp_path}/ev/report.html")
     assert lines[1].endswith("open http://127.0.0.1:8123/chat/")
+
+
+def test_every_reason_code_is_raised_somewhere_and_listed_for_users():
+    """The codes of quarantine and error rows: each code the code raises is in the table of the
+    class it is raised with (a typo would otherwise surface as a KeyError only when such a record
+    turns up), each code in the tables is produced somewhere (none is dead), and the preprocess
+    page lists every one with the table's explanation one import away."""
+    import ast
+
+    from pipelines.reasons import REASONS
+    from stf_model.records import REASONS as LIBRARY_REASONS
+
+    used: set[str] = set()
+    raised: dict[str, set[str]] = {"RecordError": set(), "RejectedRecord": set()}
+    for path in [*ROOT.glob("stf_model/**/*.py"), *ROOT.glob("pipelines/**/*.py")]:
+        tree = ast.parse(path.read_text())
+        table_keys = {id(k) for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) not in table_keys:
+                    used.add(node.value)
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) in raised
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                raised[node.func.id].add(node.args[0].value)
+    assert raised["RecordError"] and raised["RecordError"] <= set(LIBRARY_REASONS)
+    assert raised["RejectedRecord"] and raised["RejectedRecord"] <= set(REASONS)
+    assert set(REASONS) <= used, set(REASONS) - used
+    page = (ROOT / "docs" / "jobs" / "preprocess.md").read_text()
+    assert all(f"`{code}`" in page for code in REASONS), [
+        c for c in REASONS if f"`{c}`" not in page
+    ]

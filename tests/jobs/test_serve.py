@@ -212,16 +212,24 @@ def test_stop_string_cuts_the_answer(client, reference):
 
 
 def test_sampling_parameters_are_used(client):
+    """temperature 0 is greedy (the same answer every time); 1.5 samples (answers vary); and
+    top_p keeps only the likeliest tokens: near 0 it leaves the greedy token alone."""
     messages = [{"role": "user", "content": "Say something."}]
-    answers = {
-        client.chat.completions.create(
-            model="tiny-chat", messages=messages, max_tokens=8, temperature=1.5, top_p=1.0
-        )
-        .choices[0]
-        .message.content
-        for _ in range(4)
-    }
-    assert len(answers) > 1  # a random tiny model sampled at temperature 1.5 varies
+
+    def answers(n: int, **sampling) -> list[str]:
+        return [
+            client.chat.completions.create(
+                model="tiny-chat", messages=messages, max_tokens=8, **sampling
+            )
+            .choices[0]
+            .message.content
+            for _ in range(n)
+        ]
+
+    greedy = answers(3, temperature=0)
+    assert len(set(greedy)) == 1
+    assert len(set(answers(4, temperature=1.5, top_p=1.0))) > 1  # a random tiny model varies
+    assert answers(3, temperature=1.5, top_p=1e-6) == greedy
 
 
 def test_concurrent_requests_are_batched(client, server):

@@ -11,6 +11,7 @@ from stf_model import get_chat_template, load_model_dir, save_model_dir
 from stf_model.assemble import assemble, image_statistics, load_llm, load_tower
 from stf_model.chat_templates import llm_chat_template
 from stf_model.errors import ModelInputError
+from stf_model.processing import normalize_pixels
 
 TEXTS = ["What color is the shape at the top left?", "  two shapes:\na red circle! é ü 😀", ""]
 
@@ -87,7 +88,18 @@ def test_qwen2_and_siglip_keep_tied_embeddings_and_every_patch(bases, tmp_path):
 def test_siglip_window_1_one_block_feeds_every_patch(bases):
     model, *_ = build(bases, "qwen2", "siglip", vision_feature_layer=-2, stf_window=1)
     pixels = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
-    assert model.get_image_features(pixels).shape == (2, 144, 64)  # 12x12, none dropped
+    seen = {}
+    hook = model.model.multi_modal_projector.register_forward_pre_hook(
+        lambda mod, args: seen.update(input=args[0])
+    )
+    features = model.get_image_features(pixels)
+    hook.remove()
+    assert features.shape == (2, 144, 64)  # 12x12, none dropped
+    # The projector reads block -2's states of all 144 patches (SigLIP has no CLS to drop).
+    tower = model.model.vision_tower
+    normalised = normalize_pixels(pixels, model.config.image_mean, model.config.image_std)
+    hidden = tower(normalised, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(seen["input"], hidden[-2])
 
 
 def test_llm_template_marks_answers_and_renders_like_the_base(bases):

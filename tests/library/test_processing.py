@@ -38,10 +38,30 @@ def test_pad_to_square_with_mean_colour():
     assert (cropped[0] == 255).all() and (cropped[1:] == 0).all()  # centre crop keeps only red
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16"])
-def test_any_mode_becomes_rgb(mode):
-    image = Image.new(mode, (30, 20))
-    assert image_to_uint8(image, build_image_processor(preset_config("tiny"))).shape == (3, 48, 48)
+@pytest.mark.parametrize(
+    "mode,image,rgb",
+    [
+        ("L", lambda: Image.new("L", (30, 30), 90), (90, 90, 90)),
+        ("RGBA", lambda: Image.new("RGBA", (30, 30), (200, 100, 50, 128)), (200, 100, 50)),
+        ("P", lambda: _palette_image((0, 128, 255)), (0, 128, 255)),
+        ("CMYK", lambda: Image.new("CMYK", (30, 30), (0, 255, 255, 0)), (255, 0, 0)),
+        ("I;16", lambda: Image.new("I;16", (30, 30), 40000), (156, 156, 156)),  # 40000 / 257
+    ],
+)
+def test_any_mode_becomes_rgb(mode, image, rgb):
+    """Every mode comes out as three channels holding the image's colour (a square image, so
+    nothing is padded): 16-bit grey rescaled to 8 bits, not clipped to white."""
+    picture = image()
+    assert picture.mode == mode
+    out = image_to_uint8(picture, build_image_processor(preset_config("tiny")))
+    assert out.shape == (3, 48, 48) and out.dtype == np.uint8
+    assert (out == np.array(rgb, dtype=np.uint8)[:, None, None]).all(), out[:, 0, 0]
+
+
+def _palette_image(colour: tuple[int, int, int]) -> Image.Image:
+    image = Image.new("P", (30, 30), 1)
+    image.putpalette([0, 0, 0, *colour])
+    return image
 
 
 @pytest.mark.parametrize(
