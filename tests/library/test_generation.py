@@ -8,13 +8,8 @@ import torch
 from PIL import Image
 from transformers import TopPLogitsWarper
 
-from stf_model.generation import (
-    ChatGenerator,
-    ChatPrompt,
-    RowwiseSampling,
-    SamplingParams,
-    _safe_prefix,
-)
+from stf_model.decoding import RowwiseSampling, _safe_prefix
+from stf_model.generation import ChatGenerator, ChatPrompt, SamplingParams
 
 
 @pytest.fixture(scope="module")
