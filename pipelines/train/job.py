@@ -31,10 +31,7 @@ from pipelines.ray_env import (
     require_resources,
 )
 from pipelines.shards import read_shards
-from pipelines.storage import (
-    arrow_filesystem,
-    fs_path,
-)
+from pipelines.storage import arrow_filesystem, fs_path
 from pipelines.train.arithmetic import preflight
 from pipelines.train.loop import train_loop
 from pipelines.train.plan import TrainPlan, build_plan
@@ -45,7 +42,6 @@ log = logging.getLogger(__name__)
 # Worker-group start-ups that may fail (a timeout waiting for resources, a worker that died while
 # starting) before the run gives up; Ray Train's default is to retry forever.
 STARTUP_RETRIES = 2
-# Ray Train's record of the run's completed checkpoints, in the run directory.
 
 
 class TrainSummary(BaseModel):
