@@ -186,46 +186,12 @@ def write_corpus(
             draw_scene(scene, width, height, rng).save(out / image_rel, quality=quality)
             qa = questions(scene, rng)
             if split == "eval":
-                qtype, question, answer = qa[0]
-                evaluation.append(
-                    {
-                        "question_id": f"eval-{i:06d}",
-                        "image": image_rel,
-                        "text": f"{question}\n{SHORT_ANSWER}",
-                        "answer": answer,
-                        "question_type": qtype,
-                    }
-                )
+                evaluation.append(_eval_record(i, image_rel, qa))
                 continue
-            pretrain.append(
-                {
-                    "id": f"cap-{i:06d}",
-                    "image": image_rel,
-                    "conversations": [
-                        {"from": "human", "value": _with_image("Describe the image briefly.", rng)},
-                        {"from": "gpt", "value": caption(scene)},
-                    ],
-                }
-            )
-            turns = []
-            asked = without_leaks(qa)
-            for k, (qtype, question, answer) in enumerate(asked[: rng.randint(2, len(asked))]):
-                train_answers[qtype][answer] += 1
-                text = f"{question}\n{SHORT_ANSWER}"
-                turns.append({"from": "human", "value": _with_image(text, rng) if k == 0 else text})
-                turns.append({"from": "gpt", "value": answer})
-            finetune.append({"id": f"qa-{i:06d}", "image": image_rel, "conversations": turns})
+            pretrain.append(_caption_record(i, image_rel, scene, rng))
+            finetune.append(_questions_record(i, image_rel, qa, rng, train_answers))
             if i % 10 == 0:
-                question, answer = TEXT_ONLY[rng.randrange(len(TEXT_ONLY))]
-                finetune.append(
-                    {
-                        "id": f"text-{i:06d}",
-                        "conversations": [
-                            {"from": "human", "value": question},
-                            {"from": "gpt", "value": answer},
-                        ],
-                    }
-                )
+                finetune.append(_text_only_record(i, rng))
 
     (out / "pretrain.json").write_text(json.dumps(pretrain))
     (out / "finetune.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finetune))
@@ -242,6 +208,65 @@ def write_corpus(
     )
     info.write(str(out / "synth.json"), StorageOptions())
     return info
+
+
+# One record of each kind. Each takes the corpus's one random stream in the order write_corpus
+# calls it, so a seed keeps giving the same corpus.
+
+
+def _eval_record(i: int, image_rel: str, qa: list[tuple[str, str, str]]) -> dict:
+    """A held-out question: the scene's first, with the answer to score against."""
+    qtype, question, answer = qa[0]
+    return {
+        "question_id": f"eval-{i:06d}",
+        "image": image_rel,
+        "text": f"{question}\n{SHORT_ANSWER}",
+        "answer": answer,
+        "question_type": qtype,
+    }
+
+
+def _caption_record(i: int, image_rel: str, scene: list[Shape], rng: random.Random) -> dict:
+    """A pretraining record: the image and its caption."""
+    return {
+        "id": f"cap-{i:06d}",
+        "image": image_rel,
+        "conversations": [
+            {"from": "human", "value": _with_image("Describe the image briefly.", rng)},
+            {"from": "gpt", "value": caption(scene)},
+        ],
+    }
+
+
+def _questions_record(
+    i: int,
+    image_rel: str,
+    qa: list[tuple[str, str, str]],
+    rng: random.Random,
+    train_answers: dict[str, Counter],
+) -> dict:
+    """A finetuning conversation: two or more of the scene's questions that do not answer each
+    other; their answers are counted into ``train_answers`` (the majority baseline)."""
+    turns = []
+    asked = without_leaks(qa)
+    for k, (qtype, question, answer) in enumerate(asked[: rng.randint(2, len(asked))]):
+        train_answers[qtype][answer] += 1
+        text = f"{question}\n{SHORT_ANSWER}"
+        turns.append({"from": "human", "value": _with_image(text, rng) if k == 0 else text})
+        turns.append({"from": "gpt", "value": answer})
+    return {"id": f"qa-{i:06d}", "image": image_rel, "conversations": turns}
+
+
+def _text_only_record(i: int, rng: random.Random) -> dict:
+    """A text-only exchange, as LLaVA's mix keeps some."""
+    question, answer = TEXT_ONLY[rng.randrange(len(TEXT_ONLY))]
+    return {
+        "id": f"text-{i:06d}",
+        "conversations": [
+            {"from": "human", "value": question},
+            {"from": "gpt", "value": answer},
+        ],
+    }
 
 
 def eval_baselines(evaluation: list[dict], train_answers: dict[str, Counter]) -> Baselines:

@@ -95,9 +95,9 @@ def test_every_reason_code_is_raised_somewhere_and_listed_for_users():
         tree = ast.parse(path.read_text())
         table_keys = {id(k) for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys}
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if id(node) not in table_keys:
-                    used.add(node.value)
+            is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if is_text and id(node) not in table_keys:
+                used.add(node.value)
             if (
                 isinstance(node, ast.Call)
                 and getattr(node.func, "id", None) in raised
