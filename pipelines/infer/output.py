@@ -91,9 +91,9 @@ def read_output(
     """The rows written so far, with ``columns`` only: a resume needs the ids alone, and reading
     one column chunk per file keeps the driver's memory and reads at the ids' size. With
     ``repair``, files a killed run left half-written (no Parquet footer) and files whose every id
-    earlier files (in name order) already hold are deleted, so each id is counted once. (Such
-    twins came from retried Ray Data write tasks; the driver now writes each block once, but a
-    run resumes outputs that earlier versions wrote.)"""
+    earlier files (in name order) already hold are deleted, so each id is counted once. (Twins
+    are found in outputs written through Ray Data's write tasks, which a retry could run twice;
+    such outputs are still resumed.)"""
     fs = filesystem(spec.output, spec.storage)
     parts = _parts_dir(spec)
     fs.invalidate_cache()
