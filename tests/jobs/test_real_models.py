@@ -280,6 +280,9 @@ def test_llama_clip_pretrain_moves_only_the_projector(llama_clip, tmp_path):
         assert same != key.startswith("model.multi_modal_projector."), key  # only it moved
 
 
+# ~24 s on 2 cores: `make test` keeps the Llama + CLIP run end to end; the Qwen2 + SigLIP model
+# is assembled and its ChatML masks checked in tests/library/test_assemble.py.
+@pytest.mark.slow
 def test_qwen2_with_its_own_chatml_template_preprocesses_and_finetunes(
     ray_local, bases, corpus, tmp_path
 ):
