@@ -26,6 +26,7 @@ from pipelines.serve import protocol
 from pipelines.serve.events import (
     GENERATE_ENDED,
     Delta,
+    Ended,
     Failed,
     RowMark,
     RowNews,
@@ -219,7 +220,7 @@ class ChatServer:
         (a delta or its failure)."""
         self.batch_sizes[len(prompts)] += 1
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[RowNews | object] = asyncio.Queue()
+        events: asyncio.Queue[RowNews | Ended] = asyncio.Queue()
 
         def on_delta(row: int, text: str, reason: str | None, tokens: int) -> None:
             news = RowNews(row, Delta(text, reason, tokens))
@@ -233,7 +234,10 @@ class ChatServer:
                 self.timings["generate"].append(time.perf_counter() - started)
 
         work = loop.run_in_executor(self.generate_thread, generate)
-        ended = lambda _: loop.call_soon_threadsafe(events.put_nowait, GENERATE_ENDED)  # noqa: E731
+
+        def ended(_work) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, GENERATE_ENDED)
+
         work.add_done_callback(ended)
         finished = [False] * len(prompts)
         thread_ended = False
